@@ -1,0 +1,47 @@
+# tailbench: `make test` and `make benchmark` are the whole set-up on a fresh clone.
+PY      := .venv/bin/python
+VENV    := .venv/.installed
+GRID    ?= full
+PROFILE ?= quick
+DATASET ?= auto
+ARGS    ?=
+STORE   ?= runs
+MLFLOW_URI ?= sqlite:///$(STORE)/mlflow.db
+OPTUNA_STORAGE ?= $(STORE)/optuna.journal
+PORT    ?= 5000
+DASHBOARD_PORT ?= 8080
+
+.PHONY: install test benchmark report ui dashboard perf lint clean
+
+install: $(VENV)
+
+# pip takes torch and torchvision from this machine's disk where they lie there (see README).
+$(VENV): pyproject.toml
+	@test -d .venv || python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1 || .venv/bin/pip install -q torch torchvision
+	.venv/bin/pip install -q -e '.[dev]'
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then \
+	  echo "Fashion-MNIST: /usr/share/datasets/fashion-mnist is installed"; \
+	elif command -v apt-get >/dev/null && { [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null; }; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
+	  echo "Fashion-MNIST: apt-get could not install dataset-fashion-mnist; put the IDX files in data/fashion-mnist"; \
+	else \
+	  echo "Fashion-MNIST: cannot run apt-get here (not root, no sudo); put the IDX files in data/fashion-mnist"; \
+	fi
+	@touch $(VENV)
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	.venv/bin/ruff check .
+
+benchmark: install
+	.venv/bin/tailbench run --grid $(GRID) --profile $(PROFILE) --dataset $(DATASET) \
+	  --tracking-uri $(MLFLOW_URI) --storage $(OPTUNA_STORAGE) $(ARGS)
+
+clean:
+	rm -rf runs reports .pytest_cache

@@ -1,0 +1,153 @@
+"""Cell (one frozen experiment) and the grid files and profiles that expand into cells."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmark.data.augment import AUGMENTS
+from benchmark.data.variants import VARIANTS
+from benchmark.models import MODELS
+
+GRID_DIR = Path(__file__).parent / "grids"
+
+
+class GridError(ValueError):
+    """A grid or profile file that cannot be expanded; the message names the file and field."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (model, variant, augmentation) experiment with everything that fixes its result."""
+
+    model: str
+    variant: str  # "balanced" or "long-tail"
+    augment: str  # "none" or "flip+noise"
+    epochs: int
+    dataset: str = "auto"  # resolved to the source actually loaded before any cell runs
+    profile: str = "paper"
+    batch_size: int = 1024  # images per SGD step
+    lr: float = 0.01  # SGD learning rate; the starting point when tuned
+    sigma: float = 0.05  # flip+noise noise std, in units of the [0, 1] pixel range
+    tail_fraction: float = 0.1  # share of each tail class's images that long-tail keeps
+    train_limit: int = 0  # stratified subset of the training set before the cut; 0 = all
+    test_limit: int = 0  # stratified subset of the test set; 0 = all
+    trials: int = 0  # Optuna trials tuning lr (and sigma); 0 = the fixed lr and sigma
+    seed: int = 0
+
+    @property
+    def key(self) -> str:
+        """A stable hash of every field: the MLflow tag that lets a re-run skip finished work."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def name(self) -> str:
+        return f"{self.model} · {self.variant} · {self.augment}"
+
+    @property
+    def oversamples(self) -> bool:
+        return self.augment != "none"
+
+    def params(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+CELL_FIELDS = {f.name: f for f in dataclasses.fields(Cell)}
+REQUIRED = [n for n, f in CELL_FIELDS.items() if f.default is dataclasses.MISSING]
+CHOICES = {"model": MODELS, "variant": VARIANTS, "augment": AUGMENTS}
+NOTES = {"table", "reference_train_acc", "reference_test_acc"}  # reference data, not settings
+
+
+@dataclass(frozen=True)
+class GridEntry:
+    cell: Cell
+    reference: dict[str, float]  # the reference study's numbers for this cell, if any
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise GridError(f"{path}: no such grid file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise GridError(f"{path}: not valid TOML ({e})") from None
+
+
+def _check_entry(raw: dict, where: str) -> None:
+    unknown = set(raw) - set(CELL_FIELDS) - NOTES
+    if unknown:
+        raise GridError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; "
+                        f"a cell takes {', '.join(CELL_FIELDS)}")
+    for name in REQUIRED:
+        if name not in raw:
+            raise GridError(f"{where}: missing field {name!r}")
+    for name, choices in CHOICES.items():
+        if name in raw and raw[name] not in choices:
+            raise GridError(f"{where}: {name} {raw[name]!r} is not one of {', '.join(choices)}")
+    for name, value in raw.items():
+        if name in CELL_FIELDS and name not in CHOICES:
+            kind = type(CELL_FIELDS[name].default) if name not in REQUIRED else int
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                continue
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise GridError(f"{where}: {name} must be {kind.__name__}, got {value!r}")
+    if raw["epochs"] < 1:
+        raise GridError(f"{where}: epochs must be at least 1, got {raw['epochs']}")
+
+
+def grid_path(name: str) -> Path:
+    """A grid by name (a file in benchmark/grids) or by path."""
+    path = Path(name)
+    return path if path.suffix == ".toml" else GRID_DIR / f"{name}.toml"
+
+
+def load_grid(name: str) -> list[GridEntry]:
+    """The entries of a grid file, in order; `include = "other"` pulls in another grid first."""
+    path = grid_path(name)
+    raw = _read_toml(path)
+    entries = load_grid(raw["include"]) if "include" in raw else []
+    defaults = raw.get("defaults", {})
+    for i, cell in enumerate(raw.get("cell", [])):
+        where = f"{path}: [[cell]] #{i + 1}"
+        merged = defaults | cell
+        _check_entry(merged, where)
+        ref = {k.removeprefix("reference_"): v for k, v in merged.items() if k in NOTES}
+        entries.append(GridEntry(Cell(**{k: v for k, v in merged.items() if k in CELL_FIELDS}),
+                                 ref))
+    if not entries:
+        raise GridError(f"{path}: no [[cell]] tables")
+    return entries
+
+
+def load_profile(name: str, path: Path = GRID_DIR / "profiles.toml") -> dict:
+    profiles = _read_toml(path)
+    if name not in profiles:
+        raise GridError(f"{path}: unknown profile {name!r}; choose one of {', '.join(profiles)}")
+    return profiles[name]
+
+
+def apply_profile(cell: Cell, name: str, profile: dict) -> Cell:
+    """The cell as a profile scales it: epochs per model, data limits, trials, batch size."""
+    changes = {k: v for k, v in profile.items() if k in CELL_FIELDS and k != "epochs"}
+    epochs = profile.get("epochs", {})
+    if isinstance(epochs, dict) and cell.model in epochs:
+        changes["epochs"] = min(cell.epochs, epochs[cell.model])
+    return dataclasses.replace(cell, profile=name, **changes)
+
+
+def expand(grid: str, profile: str, dataset: str, filters: dict[str, list[str]] | None = None,
+           overrides: dict[str, object] | None = None) -> list[GridEntry]:
+    """Grid -> profile -> dataset and overrides -> filters: the cells to run, in grid order."""
+    prof = load_profile(profile)
+    out = []
+    for entry in load_grid(grid):
+        cell = apply_profile(entry.cell, profile, prof)
+        cell = dataclasses.replace(cell, dataset=dataset, **(overrides or {}))
+        if all(getattr(cell, k) in v for k, v in (filters or {}).items() if v):
+            out.append(GridEntry(cell, entry.reference))
+    return out

@@ -1,0 +1,171 @@
+"""fit / evaluate: pure compute on whole-dataset uint8 tensors. Returns numbers; no I/O."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from benchmark.data.augment import NoAugment
+from benchmark.models import CHANNELS_LAST, create_model
+
+HYP = {
+    "batch_size": 1024,  # images per SGD step, the reference's
+    "lr": 0.01,  # SGD learning rate, the reference's for every network
+    "momentum": 0.0,  # the reference used plain SGD
+    "weight_decay": 0.0,  # L2 penalty per step; the reference used none
+}
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+class Split(NamedTuple):
+    x: torch.Tensor  # (N, 3, 32, 32) uint8
+    y: torch.Tensor  # (N,) int64
+
+
+class Diverged(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, loss: float):
+        super().__init__(f"training loss is {loss} at epoch {epoch}: the learning rate is "
+                         "too high for this model")
+        self.epoch, self.loss = epoch, loss
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """auto picks cuda, then mps, then cpu; an asked-for device that is absent is an error."""
+    if name not in DEVICES:
+        raise ValueError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    has = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(),
+           "cpu": True}
+    if name == "auto":
+        return torch.device(next(d for d in ("cuda", "mps", "cpu") if has[d]))
+    if not has[name]:
+        raise ValueError(f"device {name!r} is not available on this machine; use --device cpu")
+    return torch.device(name)
+
+
+def build_model(name: str, num_classes: int, seed: int, device: torch.device) -> nn.Module:
+    """The model with weights drawn from `seed`, in the memory format that is fastest there."""
+    torch.manual_seed(seed)
+    model = create_model(name, num_classes).to(device)
+    if _channels_last(name, device):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _channels_last(name: str, device: torch.device) -> bool:
+    # Measured in `make perf`: NHWC helps the conv nets on CUDA and on this CPU alike.
+    return name in CHANNELS_LAST
+
+
+def _autocast(device: torch.device):
+    # bf16 on CUDA only: on CPUs without AMX it was several times slower (see `make perf`).
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _to_float(xb: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    xb = xb.float().div_(255)  # (B, 3, 32, 32) in [0, 1]
+    first = next(model.parameters())
+    if first.dim() == 4 and first.is_contiguous(memory_format=torch.channels_last):
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    return xb
+
+
+def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, data: Split,
+                    batch_size: int, gen: torch.Generator, augment: NoAugment,
+                    progress: bool = False) -> dict[str, float]:
+    """One pass over a freshly shuffled epoch plan; returns mean loss and running accuracy."""
+    model.train()
+    device = data.x.device
+    plan = augment.plan(gen)
+    order = torch.randperm(len(plan.index), generator=gen, device=device)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for start in tqdm(range(0, len(order), batch_size), disable=not progress, leave=False,
+                      unit="batch"):
+        pick = order[start:start + batch_size]
+        idx, synthetic = plan.index[pick], plan.synthetic[pick]
+        xb = augment.apply(_to_float(data.x[idx], model), synthetic, gen)
+        yb = data.y[idx]
+        with _autocast(device):
+            out = model(xb)
+            loss = F.cross_entropy(out, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        # accumulate on the device: one host sync per epoch, not per step
+        loss_sum += loss.detach().float() * len(yb)
+        correct += (out.argmax(1) == yb).sum()
+    n = len(order)
+    return {"train_loss": loss_sum.item() / n, "train_acc": correct.item() / n}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: Split, batch_size: int = 1024) -> dict:
+    """Loss, accuracy, balanced accuracy (mean per-class recall) and the predicted labels."""
+    model.eval()
+    device = data.x.device
+    preds, loss_sum = [], torch.zeros((), device=device)
+    for start in range(0, len(data.y), batch_size):
+        xb, yb = _to_float(data.x[start:start + batch_size], model), data.y[start:start + batch_size]
+        with _autocast(device):
+            out = model(xb)
+        loss_sum += F.cross_entropy(out.float(), yb, reduction="sum")
+        preds.append(out.argmax(1))
+    pred = torch.cat(preds) if preds else data.y.new_empty(0)
+    n = max(1, len(data.y))
+    return {"loss": loss_sum.item() / n, "acc": (pred == data.y).float().sum().item() / n,
+            "balanced_acc": balanced_accuracy(data.y, pred), "preds": pred.cpu()}
+
+
+def balanced_accuracy(y: torch.Tensor, pred: torch.Tensor) -> float:
+    """Mean recall over the classes present in `y`."""
+    classes = torch.unique(y)
+    if not len(classes):
+        return 0.0
+    recalls = [(pred[y == c] == c).float().mean() for c in classes]
+    return torch.stack(recalls).mean().item()
+
+
+def fit(model: nn.Module, train: Split, test: Split, *, epochs: int,
+        batch_size: int = HYP["batch_size"], lr: float = HYP["lr"],
+        momentum: float = HYP["momentum"], weight_decay: float = HYP["weight_decay"],
+        seed: int = 0, augment: NoAugment | None = None,
+        callback: EpochCallback | None = None, progress: bool = False) -> list[dict[str, float]]:
+    """SGD with cross-entropy for `epochs` epochs; after each, hand the epoch's metrics
+    (train_loss, train_acc, test_loss, test_acc, test_balanced_acc, seconds) to `callback`.
+    Raises Diverged when the loss stops being finite. Data must already be on the model's
+    device (uint8); returns the metrics of every epoch."""
+    if epochs < 0 or batch_size < 1:
+        raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {epochs}, {batch_size}")
+    device = next(model.parameters()).device
+    augment = augment or NoAugment(train.y)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                          weight_decay=weight_decay)
+    history = []
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        metrics = train_one_epoch(model, opt, train, batch_size, gen, augment, progress)
+        if not math.isfinite(metrics["train_loss"]):
+            raise Diverged(epoch, metrics["train_loss"])
+        ev = evaluate(model, test, batch_size)
+        metrics |= {"test_loss": ev["loss"], "test_acc": ev["acc"],
+                    "test_balanced_acc": ev["balanced_acc"],
+                    "seconds": time.perf_counter() - start}
+        history.append(metrics)
+        if callback:
+            callback(epoch, metrics)
+    return history
