@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
+import warnings
 
 from benchmark.data import SOURCES, DataError, default_data_dir
 from benchmark.models import MODELS
@@ -68,22 +70,106 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_parser(sub) -> None:
+    p = sub.add_parser("run", help="run a grid of cells, one MLflow run each, then the report")
+    p.add_argument("--grid", default="full", help="grid name in benchmark/grids or a .toml path")
+    p.add_argument("--profile", default="quick", help="paper (reference epochs, full data) "
+                   "or quick (small data and epochs, for a CPU)")
+    _data_args(p)
+    for name in ("model", "variant", "augment"):
+        p.add_argument(f"--{name}", action="append", default=[],
+                       help=f"run only cells with this {name} (repeatable)")
+    p.add_argument("--force", action="store_true", help="re-run cells that finished before")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store (env MLFLOW_TRACKING_URI, default sqlite:///runs/mlflow.db)")
+    p.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
+    t = p.add_argument_group("tuning (Optuna)")
+    t.add_argument("--trials", type=_positive(int), default=None,
+                   help="Optuna trials per cell (default: the profile's)")
+    t.add_argument("--no-tune", action="store_true",
+                   help="the reference's fixed hyperparameters (lr 0.01, sigma 0.05), no study")
+    t.add_argument("--timeout", type=_positive(float), default=None,
+                   help="stop each cell's study after this many seconds")
+    t.add_argument("--storage", default=None,
+                   help="Optuna storage: a journal file path (default runs/optuna.journal), "
+                        "sqlite:///... or postgresql://...")
+    t.add_argument("--jobs", type=_positive(int), default=1,
+                   help="trials run at once per study (threads sharing the device)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from benchmark.cells import expand
+    from benchmark.data import load_dataset
+    from benchmark.runner import format_table, run_grid
+    from benchmark.train import resolve_device
+    from tracking.store import Store
+
+    filters = {"model": args.model, "variant": args.variant, "augment": args.augment}
+    overrides = {"trials": 0} if args.no_tune else (
+        {"trials": args.trials} if args.trials is not None else {})
+    entries = expand(args.grid, args.profile, args.dataset, filters, overrides)  # bad grid: here
+    if not entries:
+        raise ValueError(f"no cell of grid {args.grid!r} matches {filters}")
+    device = resolve_device(args.device)
+    data = load_dataset(args.dataset, args.data_dir)
+    entries = [dataclasses.replace(e, cell=dataclasses.replace(e.cell, dataset=data.source))
+               for e in entries]
+    experiment = f"tailbench/{data.source}/{args.profile}"
+    store = Store(args.tracking_uri, experiment)
+    print(f"tailbench: {len(entries)} cells of grid {args.grid!r} ({args.profile}) on "
+          f"{data.source}, {device}; MLflow {store.uri}, experiment {experiment}",
+          file=sys.stderr)
+    outcomes = run_grid(entries, data, store, device=device, force=args.force,
+                        progress=sys.stderr.isatty(), tuning=_tuning(args),
+                        invocation_tags={"grid": args.grid, "profile": args.profile,
+                                         "dataset": data.source, "device": str(device)})
+    print(format_table(outcomes))
+    if not args.no_report:
+        _write_report(store, entries)
+    failed = [o for o in outcomes if o.status == "failed"]
+    for o in failed:
+        print(f"FAILED {o.cell.name}: {o.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _tuning(args: argparse.Namespace) -> dict:
+    return {"storage": args.storage, "timeout": args.timeout, "jobs": args.jobs or 1}
+
+
+def _write_report(store, entries) -> None:
+    from tracking.report import build_report
+
+    expected = [{"key": e.cell.key, "name": e.cell.name, "model": e.cell.model,
+                 "variant": e.cell.variant, "augment": e.cell.augment,
+                 "table": e.reference.get("table"),
+                 "reference": {k: v for k, v in e.reference.items() if k != "table"}}
+                for e in entries]
+    path = build_report(store.uri, store.experiment_name, expected)
+    print(f"report: {path} (and report.html beside it)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tailbench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     _train_parser(sub)
+    _run_parser(sub)
     return p
 
 
-COMMANDS = {"train": cmd_train}
+COMMANDS = {"train": cmd_train, "run": cmd_run}
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"tailbench: warning: {message}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warning
     args = parser().parse_args(argv)
     start = time.perf_counter()
     try:
         return COMMANDS[args.command](args)
-    except (DataError, ValueError) as e:
+    except (DataError, ValueError) as e:  # GridError, TrackingError are ValueErrors
         print(f"tailbench {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -75,11 +75,15 @@ def _autocast(device: torch.device):
     return nullcontext()
 
 
-def _to_float(xb: torch.Tensor, model: nn.Module) -> torch.Tensor:
-    xb = xb.float().div_(255)  # (B, 3, 32, 32) in [0, 1]
+def _to_float(xb: torch.Tensor) -> torch.Tensor:
+    return xb.float().div_(255)  # (B, 3, 32, 32) in [0, 1]
+
+
+def _like_model(xb: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """The batch in the model's memory format: an NCHW batch into NHWC weights is slow."""
     first = next(model.parameters())
     if first.dim() == 4 and first.is_contiguous(memory_format=torch.channels_last):
-        xb = xb.contiguous(memory_format=torch.channels_last)
+        return xb.contiguous(memory_format=torch.channels_last)
     return xb
 
 
@@ -97,7 +101,7 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, data: Split,
                       unit="batch"):
         pick = order[start:start + batch_size]
         idx, synthetic = plan.index[pick], plan.synthetic[pick]
-        xb = augment.apply(_to_float(data.x[idx], model), synthetic, gen)
+        xb = _like_model(augment.apply(_to_float(data.x[idx]), synthetic, gen), model)
         yb = data.y[idx]
         with _autocast(device):
             out = model(xb)
@@ -119,7 +123,8 @@ def evaluate(model: nn.Module, data: Split, batch_size: int = 1024) -> dict:
     device = data.x.device
     preds, loss_sum = [], torch.zeros((), device=device)
     for start in range(0, len(data.y), batch_size):
-        xb, yb = _to_float(data.x[start:start + batch_size], model), data.y[start:start + batch_size]
+        xb = _like_model(_to_float(data.x[start:start + batch_size]), model)
+        yb = data.y[start:start + batch_size]
         with _autocast(device):
             out = model(xb)
         loss_sum += F.cross_entropy(out.float(), yb, reduction="sum")

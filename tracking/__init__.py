@@ -1,0 +1,1 @@
+"""Recording and rendering: MLflow runs, scikit-learn reports, matplotlib figures."""

@@ -1,0 +1,180 @@
+"""MLflow runs: one experiment per dataset and profile, a parent run per invocation, a nested
+run per cell (and per Optuna trial). The only module that writes to MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+
+DEFAULT_URI = "sqlite:///runs/mlflow.db"
+KIND = "tailbench_kind"  # tag: "invocation", "cell" or "trial"
+
+
+class TrackingError(ValueError):
+    """The tracking store cannot be used; the message says which and how to fix it."""
+
+
+def tracking_uri(uri: str | None = None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+class RunLog:
+    """One open MLflow run, addressed by id (safe to use from several threads)."""
+
+    def __init__(self, client: MlflowClient, run_id: str, experiment_id: str):
+        self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+
+    def log_params(self, params: dict[str, object]) -> None:
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        """Every metric of one step in one call."""
+        t = _now()
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), t, step)
+                                                    for k, v in metrics.items()])
+
+    def set_tags(self, tags: dict[str, object]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_dataset(self, name: str, digest: str, path: str, context: str,
+                    tags: dict[str, str] | None = None) -> None:
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.sources import LocalArtifactDatasetSource
+
+        ds = MetaDataset(LocalArtifactDatasetSource(path or name), name=name, digest=digest[:36])
+        in_tags = [InputTag("mlflow.data.context", context)]
+        in_tags += [InputTag(k, v) for k, v in (tags or {}).items()]
+        self.client.log_inputs(self.run_id, [DatasetInput(ds._to_mlflow_entity(), in_tags)])
+
+    def log_artifacts(self, folder: Path, path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), path)
+
+    def log_state_dict(self, state_dict: dict, name: str = "model") -> None:
+        import torch
+
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(state_dict, Path(tmp) / "state_dict.pt")
+            self.client.log_artifacts(self.run_id, tmp, name)
+
+    def end(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status=status, end_time=_now())
+
+    @contextmanager
+    def child(self, name: str, kind: str, tags: dict[str, object] | None = None
+              ) -> Iterator[RunLog]:
+        """A nested run that ends FINISHED, or FAILED with the error, or KILLED on Ctrl-C."""
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={
+            "mlflow.parentRunId": self.run_id, KIND: kind, **{k: str(v) for k, v in
+                                                              (tags or {}).items()}})
+        with _ended(RunLog(self.client, run.info.run_id, self.experiment_id)) as log:
+            yield log
+
+
+@contextmanager
+def _ended(log: RunLog) -> Iterator[RunLog]:
+    try:
+        yield log
+    except KeyboardInterrupt:
+        log.set_tags({"error": "interrupted (Ctrl-C)"})
+        log.end("KILLED")
+        raise
+    except BaseException as e:
+        if log.client.get_run(log.run_id).info.status not in ("KILLED", "FAILED"):
+            log.set_tags({"error": f"{type(e).__name__}: {e}"[:4000]})
+            log.end("FAILED")
+        raise
+    else:
+        log.end("FINISHED")
+
+
+class Store:
+    """An MLflow experiment on a tracking URI; checked for reachability when opened."""
+
+    def __init__(self, uri: str | None, experiment: str):
+        self.uri = tracking_uri(uri)
+        self._prepare_local(self.uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment_name = experiment
+        self.experiment_id = self._experiment(experiment)
+
+    @staticmethod
+    def _prepare_local(uri: str) -> None:
+        if uri.startswith("sqlite:///"):
+            db = Path(uri.removeprefix("sqlite:///"))
+            try:
+                db.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise TrackingError(f"tracking store {uri}: cannot create {db.parent} ({e})") from None
+        elif "://" not in uri:
+            raise TrackingError(f"tracking URI {uri!r} is not a URI: use sqlite:///path/mlflow.db, "
+                                "http://host:5000 or postgresql://user@host/db")
+
+    def _artifact_location(self) -> str | None:
+        # keep a local store's artifacts next to its database, not in ./mlruns
+        if self.uri.startswith("sqlite:///"):
+            db = Path(self.uri.removeprefix("sqlite:///")).resolve()
+            return (db.parent / "artifacts").as_uri()
+        return None
+
+    def _experiment(self, name: str) -> str:
+        try:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                return self.client.create_experiment(name, self._artifact_location())
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+        except MlflowException as e:
+            raise TrackingError(f"tracking store {self.uri} cannot be used: {e.message}. "
+                                "Check the URI, that the server is up and the credentials "
+                                "(MLFLOW_TRACKING_USERNAME/PASSWORD in the environment).") from None
+        except Exception as e:  # connection errors come through requests/sqlalchemy
+            raise TrackingError(f"tracking store {self.uri} cannot be reached: "
+                                f"{type(e).__name__}: {e}") from None
+
+    def finished(self) -> dict[str, dict[str, float]]:
+        """{cell_key: final metrics} of every FINISHED cell run: the work a re-run skips
+        (a FAILED or KILLED run never counts)."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.{KIND} = 'cell' and attributes.status = 'FINISHED'", max_results=50000)
+        return {r.data.tags.get("cell_key"): r.data.metrics for r in runs}
+
+    @contextmanager
+    def invocation(self, name: str, tags: dict[str, object]) -> Iterator[RunLog]:
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={
+            KIND: "invocation", "git_commit": git_commit(), **{k: str(v) for k, v in tags.items()}})
+        with _ended(RunLog(self.client, run.info.run_id, self.experiment_id)) as log:
+            yield log
+
+
+def tag_json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
