@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomllib
 
 from benchmark.data.augment import AUGMENTS
 from benchmark.data.variants import VARIANTS

@@ -7,6 +7,7 @@ import dataclasses
 import sys
 import time
 import warnings
+from pathlib import Path
 
 from benchmark.data import SOURCES, DataError, default_data_dir
 from benchmark.models import MODELS
@@ -99,7 +100,7 @@ def _run_parser(sub) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.cells import expand
-    from benchmark.data import load_dataset
+    from benchmark.data import load_dataset, resolve_name
     from benchmark.runner import format_table, run_grid
     from benchmark.train import resolve_device
     from tracking.store import Store
@@ -111,11 +112,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not entries:
         raise ValueError(f"no cell of grid {args.grid!r} matches {filters}")
     device = resolve_device(args.device)
-    data = load_dataset(args.dataset, args.data_dir)
+    source, why = resolve_name(args.dataset, Path(args.data_dir or default_data_dir()))
+    experiment = f"tailbench/{source}/{args.profile}"
+    store = Store(args.tracking_uri, experiment)  # an unusable store fails here, before the data
+    if args.dataset == "auto":
+        print(f"tailbench: dataset auto -> {source} ({why})", file=sys.stderr)
+    data = load_dataset(args.dataset, args.data_dir, source=source)
     entries = [dataclasses.replace(e, cell=dataclasses.replace(e.cell, dataset=data.source))
                for e in entries]
-    experiment = f"tailbench/{data.source}/{args.profile}"
-    store = Store(args.tracking_uri, experiment)
     print(f"tailbench: {len(entries)} cells of grid {args.grid!r} ({args.profile}) on "
           f"{data.source}, {device}; MLflow {store.uri}, experiment {experiment}",
           file=sys.stderr)

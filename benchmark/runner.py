@@ -61,7 +61,7 @@ def _record_inputs(run: RunLog, cell: Cell, prep: Prepared, device: torch.device
                   "profile": cell.profile, "device": str(device),
                   "torch_version": torch.__version__, "classes": tag_json(list(d.classes)),
                   "tail_classes": tag_json(list(TAIL_CLASSES)),
-                  "class_counts": tag_json(dict(zip(d.classes, prep.counts))),
+                  "class_counts": tag_json(dict(zip(d.classes, prep.counts, strict=True))),
                   "augment_note": prep.augment.note})
     counts = {"class_counts": tag_json(prep.counts), "train_images": str(len(prep.train.y))}
     run.log_dataset(d.source, d.digest, d.path, "train", counts)
@@ -80,8 +80,11 @@ def _tune(cell: Cell, prep: Prepared, run: RunLog, device: torch.device, tuning:
     run.log_params({f"best_{k}": v for k, v in result.best.items()})
     run.log_metrics({"trials_complete": result.complete, "trials_pruned": result.pruned,
                      "trials_failed": result.failed, "trial_epochs": result.epochs_trained})
-    if result.figures:
-        run.log_artifacts(result.figures, "optuna")
+    from tracking.study_plots import write_study_figures
+
+    with tempfile.TemporaryDirectory() as tmp:  # the figures live only until they are logged
+        if write_study_figures(result.summary, Path(tmp)):
+            run.log_artifacts(Path(tmp), "optuna")
     return dataclasses.replace(cell, **result.best)
 
 
@@ -130,7 +133,8 @@ def run_grid(entries: list[GridEntry], data: Dataset, store: Store, *, device: t
             cell = entry.cell
             if cell.key in done:
                 outcomes.append(Outcome(cell, "skipped", done[cell.key]))
-                print(f"[{i}/{len(entries)}] {cell.name}: finished before, skipped", file=sys.stderr)
+                print(f"[{i}/{len(entries)}] {cell.name}: finished before, skipped",
+                      file=sys.stderr)
                 continue
             print(f"[{i}/{len(entries)}] {cell.name}: {cell.epochs} epochs ...", file=sys.stderr,
                   flush=True)
@@ -154,11 +158,8 @@ def format_table(outcomes: list[Outcome]) -> str:
     rows = [f"{'cell':<34} {'status':<9} {'train acc':>9} {'test acc':>8} {'tail acc':>8} "
             f"{'seconds':>7}"]
     for o in outcomes:
-        m = o.metrics
-
-        def pct(k: str) -> str:
-            return f"{m[k]:.1%}" if k in m else "-"
-
-        rows.append(f"{o.cell.name:<34} {o.status:<9} {pct('final_train_acc'):>9} "
-                    f"{pct('final_test_acc'):>8} {pct('tail_acc'):>8} {o.seconds:>7.0f}")
+        train, test, tail = (f"{o.metrics[k]:.1%}" if k in o.metrics else "-"
+                             for k in ("final_train_acc", "final_test_acc", "tail_acc"))
+        rows.append(f"{o.cell.name:<34} {o.status:<9} {train:>9} {test:>8} {tail:>8} "
+                    f"{o.seconds:>7.0f}")
     return "\n".join(rows)

@@ -130,7 +130,8 @@ class Store:
             try:
                 db.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise TrackingError(f"tracking store {uri}: cannot create {db.parent} ({e})") from None
+                raise TrackingError(
+                    f"tracking store {uri}: cannot create {db.parent} ({e})") from None
         elif "://" not in uri:
             raise TrackingError(f"tracking URI {uri!r} is not a URI: use sqlite:///path/mlflow.db, "
                                 "http://host:5000 or postgresql://user@host/db")

@@ -1,0 +1,370 @@
+"""`tailbench perf`: tailbench's compute core against the usual tutorial pipeline, side by side.
+
+Every comparison runs its two contenders in one process, alternating A, B, A, B, ... after
+one untimed warm-up of each, and reports the median. A comparison is a function of a
+Context that returns one Row; COMPARISONS lists them in the order they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import transforms
+from torchvision.transforms.functional import to_pil_image
+
+from benchmark import train  # its private _to_float, _like_model: batches made as it makes them
+from benchmark.data import DataError, Dataset, load_dataset
+from benchmark.data.augment import EpochPlan, FlipNoise, NoAugment
+from benchmark.data.variants import make_variant
+from benchmark.models import create_model
+
+SIZES = {  # images per measurement: enough for steady timings, small enough for ~8 min
+    "full": {"cnn": 2048, "rnn": 2048, "resnet50": 1024,
+             "pipeline": 20000,  # training images before the long-tail cut (~20k per epoch after)
+             "batch": train.HYP["batch_size"], "flop_batch": 8, "matmul": 2048, "reps": 5},
+    "quick": {"cnn": 64, "rnn": 64, "resnet50": 32, "pipeline": 600,
+              "batch": 32, "flop_batch": 2, "matmul": 256, "reps": 1},
+}
+TARGETS = {  # speedup over the tutorial, or share of the machine's matmul rate
+    ("train", "cnn"): 1.6, ("pipeline", "flip+noise"): 20.0,
+    ("limit", "cnn"): 0.5, ("limit", "resnet50"): 0.5,
+}
+
+
+@dataclass
+class Row:
+    measure: str
+    unit: str  # of the tailbench and baseline columns
+    tailbench: float
+    baseline: float
+    ratio: float  # tailbench / baseline
+    target: float | None = None  # the least acceptable ratio, None where there is none
+    percent: bool = False  # show the ratio as a share (of a limit) rather than a speedup
+    note: str = ""
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.target is None else self.ratio >= self.target
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"met": self.met}
+
+
+@dataclass
+class Context:
+    """What every comparison needs: where to run, how long, on which images."""
+
+    device: torch.device
+    data: Dataset  # uint8 images on the CPU; each contender moves what it needs
+    sizes: dict[str, int]
+    reps: int
+    workers: int = 2  # the tutorial DataLoader's worker processes
+    seed: int = 0
+    cache: dict[str, float] = field(default_factory=dict)  # results shared between comparisons
+
+
+Comparison = Callable[[Context], Row]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def alternate(*fns: Callable[[], object], reps: int, device: torch.device,
+              warmup: int = 1) -> list[list[float]]:
+    """Seconds per call of each fn, called a, b, a, b, ...; the warm-up rounds are not kept."""
+    times: list[list[float]] = [[] for _ in fns]
+    for i in range(warmup + reps):
+        for fn, kept in zip(fns, times, strict=True):
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            if i >= warmup:
+                kept.append(time.perf_counter() - start)
+    return times
+
+
+def _rate(n: int, seconds: list[float]) -> float:
+    return statistics.median(n / s for s in seconds)
+
+
+# ---- the tutorial pipeline: PIL images, per-image transforms, DataLoader workers ----------
+
+class PilImages(torch.utils.data.Dataset):
+    """The tutorial's dataset: item i is a PIL image, transformed on its own. The epoch plan
+    says which stored image each item is (oversampling repeats some) and which are added
+    copies, which get `synthetic_transform`."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, plan: EpochPlan, transform: Callable,
+                 synthetic_transform: Callable | None = None):
+        self.x, self.y, self.index, self.synthetic = x, y, plan.index.cpu(), plan.synthetic.cpu()
+        self.transforms = (transform, synthetic_transform or transform)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int):
+        j = int(self.index[i])
+        image = to_pil_image(self.x[j])  # (3, 32, 32) uint8 -> 32x32 RGB
+        return self.transforms[bool(self.synthetic[i])](image), int(self.y[j])
+
+
+def add_noise(t: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The tutorial's noise transform, one image at a time (a function: workers pickle it)."""
+    return (t + torch.randn_like(t) * sigma).clamp(0, 1)
+
+
+def tutorial_loader(ctx: Context, dataset: PilImages) -> DataLoader:
+    gen = torch.Generator().manual_seed(ctx.seed)  # seeded shuffle and worker seeds
+    return DataLoader(dataset, batch_size=ctx.sizes["batch"], shuffle=True,
+                      num_workers=ctx.workers, generator=gen)
+
+
+def tutorial_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, loader: DataLoader,
+                   device: torch.device) -> float:
+    """The loop every tutorial shows, loss.item() per step included."""
+    model.train()
+    running = 0.0
+    for xb, yb in loader:
+        xb, yb = xb.to(device), yb.to(device)
+        opt.zero_grad()
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
+        opt.step()
+        running += loss.item()
+    return running
+
+
+# ---- 1. training throughput -------------------------------------------------------------
+
+def _train_contenders(ctx: Context, name: str):
+    n, dev, k = ctx.sizes[name], ctx.device, ctx.data.num_classes
+    x, y = ctx.data.train_x[:n], ctx.data.train_y[:n]
+    ours = train.build_model(name, k, ctx.seed, dev)
+    ours_opt = torch.optim.SGD(ours.parameters(), lr=train.HYP["lr"])
+    split, gen = train.Split(x.to(dev), y.to(dev)), torch.Generator(dev).manual_seed(ctx.seed)
+    torch.manual_seed(ctx.seed)
+    plain = create_model(name, k).to(dev)  # NCHW, as a tutorial leaves it
+    plain_opt = torch.optim.SGD(plain.parameters(), lr=train.HYP["lr"])
+    flip = transforms.Compose([transforms.RandomHorizontalFlip(), transforms.ToTensor()])
+    loader = tutorial_loader(ctx, PilImages(x, y, NoAugment(y).plan(torch.Generator()), flip))
+    return (partial(train.train_one_epoch, ours, ours_opt, split, ctx.sizes["batch"], gen,
+                    NoAugment(split.y)),
+            partial(tutorial_epoch, plain, plain_opt, loader, dev))
+
+
+def training(ctx: Context, name: str) -> Row:
+    """Images/s of one training epoch: train_one_epoch against the tutorial loop. A square
+    matmul runs third in each round, so that the limit row compares like with like on a
+    machine whose load changes."""
+    ours, tutorial = _train_contenders(ctx, name)
+    t_ours, t_tut, t_mm = alternate(ours, tutorial, matmul(ctx), reps=ctx.reps,
+                                    device=ctx.device)
+    n, flops = ctx.sizes[name], 2 * ctx.sizes["matmul"] ** 3
+    ctx.cache[f"train/{name}"] = a = _rate(n, t_ours)
+    ctx.cache[f"matmul/{name}"] = _rate(flops, t_mm)
+    b = _rate(n, t_tut)
+    return Row(f"{name} training epoch", "img/s", a, b, a / b, TARGETS.get(("train", name)),
+               note=f"{n} images, batch {ctx.sizes['batch']}")
+
+
+# ---- 2. data pipeline alone ---------------------------------------------------------------
+
+def tailbench_batches(x: torch.Tensor, y: torch.Tensor, augment: NoAugment,
+                      gen: torch.Generator, batch: int, model: torch.nn.Module) -> int:
+    """Every float batch of one epoch, made as train_one_epoch makes them; returns the count."""
+    plan = augment.plan(gen)
+    order = torch.randperm(len(plan.index), generator=gen, device=x.device)
+    n = 0
+    for start in range(0, len(order), batch):
+        pick = order[start:start + batch]
+        idx, synthetic = plan.index[pick], plan.synthetic[pick]
+        train._like_model(augment.apply(train._to_float(x[idx]), synthetic, gen), model)
+        n += len(y[idx])
+    return n
+
+
+def tutorial_batches(loader: DataLoader, device: torch.device) -> int:
+    n = 0
+    for xb, yb in loader:
+        xb, yb = xb.to(device), yb.to(device)
+        n += len(yb)
+    return n
+
+
+def pipeline(ctx: Context) -> Row:
+    """Images/s of flip+noise oversampled batches: batched tensor ops against per-image PIL."""
+    lt = make_variant(ctx.data.limit(train=ctx.sizes["pipeline"], seed=ctx.seed), "long-tail")
+    dev, sigma = ctx.device, 0.05
+    augment = FlipNoise(lt.train_y.to(dev), sigma=sigma, num_classes=lt.num_classes)
+    gen = torch.Generator(dev).manual_seed(ctx.seed)
+    model = train.build_model("cnn", lt.num_classes, ctx.seed, dev)  # for its memory format
+    plan = augment.plan(torch.Generator(dev).manual_seed(ctx.seed))
+    noisy = transforms.Compose([transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+                                partial(add_noise, sigma=sigma)])
+    dataset = PilImages(lt.train_x, lt.train_y, plan, transforms.ToTensor(), noisy)
+    x, y, loader = lt.train_x.to(dev), lt.train_y.to(dev), tutorial_loader(ctx, dataset)
+    t_ours, t_tut = alternate(
+        partial(tailbench_batches, x, y, augment, gen, ctx.sizes["batch"], model),
+        partial(tutorial_batches, loader, dev), reps=ctx.reps, device=dev)
+    n = len(plan.index)
+    a, b = _rate(n, t_ours), _rate(n, t_tut)
+    return Row("flip+noise data pipeline", "img/s", a, b, a / b,
+               TARGETS[("pipeline", "flip+noise")],
+               note=f"{len(lt.train_y)} long-tail images + {augment.added} added per epoch")
+
+
+# ---- 3. distance from the machine's limit -------------------------------------------------
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """The dtype training computes in there: autocast's where train.py uses it, else fp32."""
+    return getattr(train._autocast(device), "fast_dtype", torch.float32)
+
+
+def matmul(ctx: Context) -> Callable[[], torch.Tensor]:
+    """One dense (n, n) @ (n, n) product in the compute dtype: 2 n^3 FLOPs per call."""
+    n, dev, dtype = ctx.sizes["matmul"], ctx.device, compute_dtype(ctx.device)
+    a, b = (torch.randn(n, n, device=dev, dtype=dtype) for _ in range(2))
+    return partial(torch.mm, a, b, out=torch.empty_like(a))
+
+
+def train_flops_per_image(name: str, device: torch.device, batch: int, num_classes: int) -> float:
+    """FLOPs of one forward + backward of the model, per image, as train.py runs it."""
+    model = train.build_model(name, num_classes, 0, device)
+    x = torch.zeros(batch, 3, 32, 32, dtype=torch.uint8, device=device)
+    x = train._like_model(train._to_float(x), model)
+    y = torch.zeros(batch, dtype=torch.long, device=device)
+    with FlopCounterMode(display=False) as counter:
+        with train._autocast(device):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+    return counter.get_total_flops() / batch
+
+
+def limit(ctx: Context, name: str) -> Row:
+    """Training FLOP/s (FLOPs per image x images/s) as a share of the matmul rate."""
+    if f"train/{name}" not in ctx.cache:
+        training(ctx, name)
+    per_image = train_flops_per_image(name, ctx.device, ctx.sizes["flop_batch"],
+                                      ctx.data.num_classes)
+    achieved = per_image * ctx.cache[f"train/{name}"] / 1e9
+    peak = ctx.cache[f"matmul/{name}"] / 1e9
+    return Row(f"{name} training vs matmul", "GFLOP/s", achieved, peak, achieved / peak,
+               TARGETS.get(("limit", name)), percent=True,
+               note=f"{per_image / 1e6:.1f} MFLOP per image, {compute_dtype(ctx.device)}"
+                    .replace("torch.", ""))
+
+
+NETWORKS = ("cnn", "rnn", "resnet50")
+COMPARISONS: list[Comparison] = [
+    *(partial(training, name=m) for m in NETWORKS),
+    pipeline,
+    *(partial(limit, name=m) for m in NETWORKS),
+]
+
+
+# ---- the table, the JSON and the command --------------------------------------------------
+
+def _fmt(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+def _ratio(v: float | None, percent: bool) -> str:
+    return "-" if v is None else (f"{v:.0%}" if percent else f"{v:.2f}x")
+
+
+def table(rows: list[Row]) -> str:
+    head = ("measure", "unit", "tailbench", "baseline", "ratio", "target", "met?")
+    lines = [(r.measure, r.unit, _fmt(r.tailbench), _fmt(r.baseline), _ratio(r.ratio, r.percent),
+              "-" if r.target is None else ">= " + _ratio(r.target, r.percent),
+              {None: "-", True: "yes", False: "NO"}[r.met]) for r in rows]
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *lines, strict=True)]
+    fmt = "  ".join(f"{{:{'<' if i < 2 else '>'}{w}}}" for i, w in enumerate(widths))
+    out = [fmt.format(*head), "  ".join("-" * w for w in widths)]
+    return "\n".join(out + [fmt.format(*line) for line in lines])
+
+
+def machine(ctx: Context) -> dict:
+    dev = ctx.device
+    name = (torch.cuda.get_device_name(dev) if dev.type == "cuda"
+            else platform.processor() or platform.machine())
+    return {"torch": torch.__version__, "device": str(dev), "device_name": name,
+            "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "dtype": str(compute_dtype(dev)),
+            "matmul_gflops": max((v / 1e9 for k, v in ctx.cache.items()  # best beside a network
+                                  if k.startswith("matmul/")), default=None),
+            "data": ctx.data.source,
+            "reps": ctx.reps, "sizes": ctx.sizes, "tutorial_workers": ctx.workers}
+
+
+def measure(ctx: Context, comparisons: list[Comparison] | None = None,
+            echo: Callable[[str], None] = lambda line: None) -> tuple[list[Row], dict]:
+    """Run the comparisons: their rows, and the JSON of rows and machine."""
+    start, load, rows = time.perf_counter(), os.getloadavg()[0], []
+    for compare in comparisons or COMPARISONS:
+        rows.append(r := compare(ctx))
+        echo(f"  {r.measure}: {_fmt(r.tailbench)} vs {_fmt(r.baseline)} {r.unit}")
+    # other processes' load makes both columns slow and noisy: keep it beside the numbers
+    info = machine(ctx) | {"load_before": load, "load_after": os.getloadavg()[0]}
+    return rows, {"machine": info, "rows": [r.to_dict() for r in rows],
+                  "seconds": time.perf_counter() - start}
+
+
+def load_images(seed: int = 0) -> Dataset:
+    """The local dataset (never downloaded); seeded random images where there is none."""
+    try:
+        return load_dataset("auto", download=False)
+    except DataError as e:
+        print(f"tailbench perf: {e}\ntailbench perf: timing random images instead",
+              file=sys.stderr)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (20000, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    y = torch.arange(20000) % 10
+    return Dataset(x, y, x[:100], y[:100], tuple(map(str, range(10))), "random", "")
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("perf", help="time tailbench against the usual tutorial pipeline")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--reps", type=int, default=None,
+                   help=f"timed repetitions of each contender (default {SIZES['full']['reps']}, "
+                        f"--quick {SIZES['quick']['reps']})")
+    p.add_argument("--out", default="perf.json", help="where to write the table as JSON")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks it runs, not speed")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    sizes = SIZES["quick" if args.quick else "full"]
+    reps = args.reps if args.reps is not None else sizes["reps"]
+    if reps < 1:
+        raise ValueError(f"--reps must be at least 1, got {reps}")
+    ctx = Context(train.resolve_device(args.device), load_images(), dict(sizes), reps)
+    if (load := os.getloadavg()[0]) > 0.5 * (os.cpu_count() or 1):
+        print(f"tailbench perf: warning: load average {load:.1f} on {os.cpu_count()} CPUs; "
+              "other work will slow and scatter these timings", file=sys.stderr)
+    print(f"tailbench perf on {ctx.device} ({torch.get_num_threads()} threads), "
+          f"{reps} reps each, median kept", flush=True)
+    rows, result = measure(ctx, echo=lambda line: print(line, flush=True))
+    print(f"\n{table(rows)}\n\n{result['seconds']:.0f}s in all")
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,121 @@
+"""Long-tail variant, stratified selections and flip+noise oversampling."""
+
+import pytest
+import torch
+
+from benchmark.data import DataError, Dataset
+from benchmark.data.augment import FlipNoise, NoAugment, make_augment
+from benchmark.data.variants import (
+    class_counts,
+    long_tail_indices,
+    make_variant,
+    stratified_split,
+    stratified_subset,
+)
+
+
+def labels(per_class=100, classes=10):
+    return torch.arange(classes).repeat_interleave(per_class)
+
+
+def dataset(per_class=50):
+    y = labels(per_class)
+    x = torch.randint(0, 256, (len(y), 3, 32, 32), dtype=torch.uint8)
+    return Dataset(x, y, x[:20], y[:20], tuple(f"c{i}" for i in range(10)), "synthetic", "d0")
+
+
+def test_long_tail_counts_follow_the_reference_cut():
+    idx = long_tail_indices(labels(100), tail_classes=(0, 1, 2, 3, 4), fraction=0.1, seed=0)
+    assert class_counts(labels(100)[idx], 10) == [10] * 5 + [100] * 5
+
+
+def test_long_tail_is_seeded_and_parametrised():
+    y = labels(100)
+    a, b = long_tail_indices(y, seed=3), long_tail_indices(y, seed=3)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, long_tail_indices(y, seed=4))
+    idx = long_tail_indices(y, tail_classes=(7, 9), fraction=0.25, seed=0)
+    assert class_counts(y[idx], 10) == [100] * 7 + [25, 100, 25]
+
+
+def test_variant_never_touches_the_test_set():
+    data = dataset()
+    cut = make_variant(data, "long-tail", seed=1)
+    assert torch.equal(cut.test_x, data.test_x) and torch.equal(cut.test_y, data.test_y)
+    assert len(cut.train_y) == 5 * 5 + 5 * 50
+    assert make_variant(data, "balanced").train_y.shape == data.train_y.shape
+
+
+def test_bad_variant_and_tail_classes_are_refused():
+    with pytest.raises(DataError, match="unknown variant 'lt'"):
+        make_variant(dataset(), "lt")
+    with pytest.raises(DataError, match=r"tail classes \[12\]"):
+        make_variant(dataset(), "long-tail", tail_classes=(12,))
+
+
+def test_stratified_subset_keeps_proportions():
+    y = torch.cat([labels(100), torch.full((100,), 3)])  # class 3 twice as common
+    idx = stratified_subset(y, 110, seed=0)
+    assert class_counts(y[idx], 10) == [10, 10, 10, 20, 10, 10, 10, 10, 10, 10]
+
+
+def test_stratified_split_is_disjoint_and_stratified():
+    y = labels(50)
+    train, val = stratified_split(y, 0.1, seed=0)
+    assert not set(train.tolist()) & set(val.tolist())
+    assert len(train) + len(val) == len(y)
+    assert class_counts(y[val], 10) == [5] * 10
+
+
+def test_flip_noise_balances_the_tail_and_stays_in_range():
+    y = labels(100)[long_tail_indices(labels(100), seed=0)]
+    aug = FlipNoise(y, tail_classes=(0, 1, 2, 3, 4), sigma=0.2)
+    assert aug.added == 5 * 90
+    gen = torch.Generator().manual_seed(0)
+    plan = aug.plan(gen)
+    assert class_counts(y[plan.index], 10) == [100] * 10
+    assert int(plan.synthetic.sum()) == 450 and not plan.synthetic[: len(y)].any()
+    assert (y[plan.index[plan.synthetic]] < 5).all()  # only tail images are copied
+    x = torch.rand(len(plan.index), 3, 32, 32)
+    out = aug.apply(x.clone(), plan.synthetic, gen)
+    assert out.min() >= 0 and out.max() <= 1
+    assert torch.equal(out[~plan.synthetic], x[~plan.synthetic])  # originals stay as they are
+    assert not torch.equal(out[plan.synthetic], x[plan.synthetic])
+
+
+def test_flip_noise_flips_about_half_without_noise():
+    y = labels(100)[long_tail_indices(labels(100), seed=0)]
+    aug = FlipNoise(y, sigma=0.0)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(1000, 3, 32, 32)
+    out = aug.apply(x.clone(), torch.ones(1000, dtype=torch.bool), gen)
+    flipped = (out == x.flip(-1)).flatten(1).all(1)
+    assert torch.equal(out[~flipped], x[~flipped])
+    assert 400 < int(flipped.sum()) < 600
+
+
+def test_flip_noise_is_reproducible_from_the_generator():
+    y = labels(100)[long_tail_indices(labels(100), seed=0)]
+    aug = FlipNoise(y, sigma=0.1)
+    runs = []
+    for _ in range(2):
+        gen = torch.Generator().manual_seed(5)
+        plan = aug.plan(gen)
+        runs.append((plan.index, aug.apply(torch.full((len(plan.index), 3, 4, 4), 0.5),
+                                           plan.synthetic, gen)))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_oversampling_a_balanced_set_adds_nothing_and_says_so():
+    aug = make_augment("flip+noise", labels(100), sigma=0.05)
+    assert aug.added == 0 and "adds nothing" in aug.note
+    plan = aug.plan(torch.Generator().manual_seed(0))
+    assert len(plan.index) == 1000 and not plan.synthetic.any()
+
+
+def test_unknown_augment_and_negative_sigma_are_refused():
+    with pytest.raises(DataError, match="unknown augmentation 'mixup'"):
+        make_augment("mixup", labels(10))
+    with pytest.raises(DataError, match="sigma must be >= 0"):
+        make_augment("flip+noise", labels(10), sigma=-1.0)
+    assert isinstance(make_augment("none", labels(10)), NoAugment)

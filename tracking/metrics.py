@@ -1,0 +1,121 @@
+"""Per-cell evaluation numbers from predictions, with scikit-learn: pure, no I/O, no plotting.
+
+Head/tail accuracy is *pooled*: the share of correctly classified test images among those
+whose true class is a head (or tail) class. On the balanced test set the reference uses,
+that equals the mean recall of those classes; on an unbalanced test set it weights classes
+by their test images, which is what "accuracy on the head" reads as.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import (
+    balanced_accuracy_score,
+    classification_report,
+    confusion_matrix,
+    f1_score,
+)
+
+# MLflow accepts letters, digits, _ - . / space (and : off Windows) in metric names. We keep
+# only [A-Za-z0-9_.-]: a "/" makes the MLflow UI file the chart under a section of its own,
+# and a space forces backticks in search filters ("metrics.`acc_Ankle boot`").
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
+
+
+@dataclass(frozen=True)
+class CellMetrics:
+    scalars: dict[str, float]  # metric name -> fraction 0..1 (tail_gap: head minus tail)
+    report_dict: dict  # sklearn classification_report(output_dict=True)
+    report_text: str  # the same report as sklearn's text table
+    confusion: np.ndarray  # (C, C) int counts; rows = true class, columns = predicted
+
+    def __getitem__(self, name: str):
+        # dict-style access too, so callers may treat the result as the dict the brief names
+        return getattr(self, name)
+
+
+def metric_name(class_name: str) -> str:
+    """The MLflow metric name of one class's accuracy: 'T-shirt/top' -> 'acc_T-shirt_top'."""
+    return "acc_" + (_UNSAFE.sub("_", class_name).strip("_") or "class")
+
+
+def class_metric_names(classes: list[str]) -> list[str]:
+    """One unique metric name per class, in class order (a clash gets the class index)."""
+    names = [metric_name(c) for c in classes]
+    return [f"{n}_{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
+def normalize_rows(cm: np.ndarray) -> np.ndarray:
+    """Each row divided by its total: row i is the distribution of predictions for class i.
+
+    A class with no test images keeps a row of zeros rather than NaN, so plots stay drawable.
+    """
+    totals = cm.sum(axis=1, keepdims=True).astype(float)
+    return np.divide(cm, totals, out=np.zeros(cm.shape, dtype=float), where=totals > 0)
+
+
+def _pooled_accuracy(cm: np.ndarray, rows: list[int]) -> float:
+    """Correct / total over the test images whose true class is in `rows`; NaN if none."""
+    total = int(cm[rows].sum()) if rows else 0
+    if not total:
+        return float("nan")
+    return float(sum(int(cm[r, r]) for r in rows)) / total
+
+
+def _check(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str],
+           tail_classes: list[int]) -> None:
+    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+        raise ValueError(f"y_true and y_pred must be 1-D and the same length, got shapes "
+                         f"{y_true.shape} and {y_pred.shape}")
+    if not y_true.size:
+        raise ValueError("no test predictions to score: y_true and y_pred are empty; "
+                         "check the test split (test_limit) of the cell")
+    n = len(classes)
+    for label, arr in (("y_true", y_true), ("y_pred", y_pred)):
+        if arr.size and (arr.min() < 0 or arr.max() >= n):
+            raise ValueError(f"{label} holds labels outside 0..{n - 1} for {n} classes; "
+                             f"pass the dataset's full class list")
+    bad = [c for c in tail_classes if not 0 <= c < n]
+    if bad:
+        raise ValueError(f"tail classes {bad} are not class indices 0..{n - 1}")
+
+
+def cell_metrics(y_true, y_pred, classes: list[str], tail_classes: list[int]) -> CellMetrics:
+    """Confusion matrix, classification report, balanced accuracy, macro F1, head/tail split.
+
+    `scalars` holds head_acc, tail_acc, tail_gap, balanced_acc, macro_f1 and one acc_<class>
+    (that class's recall) for every class with test images; all are fractions 0..1.
+    """
+    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
+    classes, tail = list(classes), sorted({int(c) for c in tail_classes})
+    _check(y_true, y_pred, classes, tail)
+    labels = list(range(len(classes)))
+    # labels= fixes the matrix to every class, even one absent from both arrays
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    head = [c for c in labels if c not in tail]
+    head_acc, tail_acc = _pooled_accuracy(cm, head), _pooled_accuracy(cm, tail)
+    present = cm.sum(axis=1) > 0
+    scalars = {
+        "head_acc": head_acc,
+        "tail_acc": tail_acc,
+        "tail_gap": head_acc - tail_acc,
+        # sklearn averages recall over the classes present in y_true only
+        "balanced_acc": float(balanced_accuracy_score(y_true, y_pred)),
+        # zero_division=0: a class never predicted scores F1 0 instead of raising a warning
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro",
+                                   zero_division=0)),
+    }
+    recall = np.diag(cm) / np.maximum(cm.sum(axis=1), 1)
+    for name, ok, r in zip(class_metric_names(classes), present, recall, strict=True):
+        if ok:  # a class without test images has no accuracy to log
+            scalars[name] = float(r)
+    kwargs = dict(labels=labels, target_names=classes, zero_division=0)
+    return CellMetrics(
+        scalars=scalars,
+        report_dict=classification_report(y_true, y_pred, output_dict=True, **kwargs),
+        report_text=classification_report(y_true, y_pred, digits=3, **kwargs),
+        confusion=cm,
+    )

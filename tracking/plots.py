@@ -1,0 +1,202 @@
+"""Figures for one cell and across cells, as matplotlib Figures: pure, nothing is trained here.
+
+Figures are built with `matplotlib.figure.Figure`, not `pyplot.figure`, so none is kept alive
+by pyplot's figure registry when a grid renders many cells. The Agg backend is chosen before
+anything can import pyplot (scikit-learn's ConfusionMatrixDisplay does) so rendering works
+on a headless machine.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+
+from tracking.metrics import normalize_rows  # noqa: E402
+
+HEAD_COLOR, TAIL_COLOR = "#4C72B0", "#DD8452"  # blue head, orange tail, in every figure
+TRAIN_COLOR, TEST_COLOR = "#4C72B0", "#C44E52"
+REF_COLOR = "#9A9A9A"  # the reference study's numbers: grey, beside ours
+DPI = 110  # ~900 px wide for the 8-inch figures: sharp in a report, small in MLflow
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """The figure as PNG bytes (for an HTML data URI or an MLflow upload)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def save_png(fig: Figure, path: Path) -> Path:
+    """Write the figure as a PNG, creating its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png_bytes(fig))
+    return path
+
+
+def _epochs(history: list[dict]) -> list[int]:
+    # epochs are counted from 1 on the axis, as the reference's curves are
+    return [int(h.get("epoch", i + 1)) for i, h in enumerate(history)]
+
+
+def _curves(history: list[dict], title: str, what: str, scale: float, ylabel: str) -> Figure:
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.add_subplot()
+    x = _epochs(history)
+    for split, color in (("train", TRAIN_COLOR), ("test", TEST_COLOR)):
+        key = f"{split}_{what}"
+        ys = [h[key] * scale if h.get(key) is not None else math.nan for h in history]
+        if not all(math.isnan(y) for y in ys):
+            # markers only when there are few epochs, where a bare line hides the points
+            ax.plot(x, ys, color=color, marker="o" if len(x) <= 30 else None, ms=4,
+                    label=split)
+    ax.set(title=f"{title} — {ylabel.split(' (')[0]}", xlabel="epoch", ylabel=ylabel)
+    if what == "acc":
+        ax.set_ylim(0, 100)
+    if x:  # integer epoch ticks: "1.5 epochs" reads as a bug
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend()
+    else:  # an empty frame would read as a plotting bug
+        ax.text(0.5, 0.5, "no epochs recorded", transform=ax.transAxes, ha="center",
+                color="#777777", style="italic")
+    fig.tight_layout()
+    return fig
+
+
+def loss_curve(history: list[dict], title: str) -> Figure:
+    """Train and test cross-entropy per epoch; `history` holds one dict per epoch."""
+    return _curves(history, title, "loss", 1.0, "cross-entropy loss")
+
+
+def accuracy_curve(history: list[dict], title: str) -> Figure:
+    """Train and test accuracy per epoch, in percent (history holds fractions)."""
+    return _curves(history, title, "acc", 100.0, "accuracy (%)")
+
+
+def confusion_figure(cm: np.ndarray, classes: list[str], title: str,
+                     normalized: bool = False) -> Figure:
+    """The confusion matrix (rows true, columns predicted), as counts or row-normalised."""
+    n = len(classes)
+    size = max(6.0, 0.65 * n + 2.5)  # cells big enough for a 4-character number
+    fig = Figure(figsize=(size + 1, size))
+    ax = fig.add_subplot()
+    values = normalize_rows(cm) if normalized else cm
+    disp = ConfusionMatrixDisplay(values, display_labels=classes)
+    disp.plot(ax=ax, cmap="Blues", xticks_rotation=45, colorbar=False,
+              values_format=".2f" if normalized else "d",
+              im_kw={"vmin": 0, "vmax": 1} if normalized else None,
+              text_kw={"fontsize": 9 if n > 8 else 10})
+    # our own colour bar: sklearn's runs taller than the square matrix beside it
+    label = "share of the true class (diagonal = recall)" if normalized else "test images"
+    fig.colorbar(disp.im_, ax=ax, fraction=0.046, pad=0.03, label=label)
+    # right-aligned, anchored labels sit under their own column when rotated
+    for label in ax.get_xticklabels():
+        label.set(ha="right", rotation_mode="anchor")
+    kind = "confusion matrix, row-normalised" if normalized else "confusion matrix"
+    ax.set(title=f"{title} — {kind}", xlabel="predicted class", ylabel="true class")
+    fig.tight_layout()
+    return fig
+
+
+def _head_tail_legend(ax, loc: str = "upper right") -> None:
+    ax.legend(handles=[Patch(color=HEAD_COLOR, label="head class"),
+                       Patch(color=TAIL_COLOR, label="tail class (cut)")], loc=loc)
+
+
+def per_class_accuracy_figure(accuracy: list[float], classes: list[str],
+                              tail_classes: list[int], title: str) -> Figure:
+    """One bar per class (recall, percent), tail classes coloured apart from the head."""
+    fig = Figure(figsize=(max(8.0, 0.75 * len(classes)), 4.8))
+    ax = fig.add_subplot()
+    tail = set(tail_classes)
+    colors = [TAIL_COLOR if i in tail else HEAD_COLOR for i in range(len(classes))]
+    pct = [a * 100 if a is not None and not math.isnan(a) else 0.0 for a in accuracy]
+    bars = ax.bar(range(len(classes)), pct, color=colors)
+    ax.bar_label(bars, fmt="%.0f", fontsize=8, padding=2)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right",
+                  rotation_mode="anchor")
+    ax.set(title=f"{title} — accuracy per class", xlabel="class",
+           ylabel="test accuracy (%)", ylim=(0, 108))  # headroom for the bar labels
+    ax.grid(axis="y", alpha=0.3)
+    _head_tail_legend(ax, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def _text_color(value: float, vmax: float) -> str:
+    # white on the dark end of viridis, black on the light end
+    return "white" if value < 0.55 * vmax else "black"
+
+
+def per_class_heatmap(cells: list[str], classes: list[str], values: np.ndarray,
+                      title: str, tail_classes: list[int] | None = None) -> Figure:
+    """Cells x classes test accuracy (percent, NaN = not measured), every value written in."""
+    values = np.asarray(values, dtype=float)
+    fig = Figure(figsize=(max(8.0, 0.85 * len(classes) + 3.5), max(3.0, 0.5 * len(cells) + 2)))
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#EEEEEE")  # unmeasured: grey
+    im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=100, aspect="auto")
+    for (r, c), v in np.ndenumerate(values):
+        ax.text(c, r, "–" if math.isnan(v) else f"{v:.0f}", ha="center", va="center",
+                fontsize=9, color="#555555" if math.isnan(v) else _text_color(v, 100))
+    tail = set(tail_classes or [])
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right",
+                  rotation_mode="anchor")
+    for i, label in enumerate(ax.get_xticklabels()):
+        if i in tail:  # the cut classes' names in the tail colour
+            label.set(color=TAIL_COLOR, fontweight="bold")
+    ax.set_yticks(range(len(cells)), cells)
+    caption = " (tail classes in orange)" if tail else ""
+    ax.set(title=title, xlabel=f"class{caption}", ylabel="cell")
+    fig.colorbar(im, ax=ax, label="test accuracy (%)", fraction=0.04)
+    fig.tight_layout()
+    return fig
+
+
+def cell_accuracy_bars(cells: list[str], measured: list[float | None],
+                       reference: list[float | None], title: str,
+                       notes: list[str] | None = None) -> Figure:
+    """Test accuracy per cell (percent), the reference's number beside ours where known.
+
+    `notes` (e.g. "missing", "failed") is written in place of a measured bar that is absent.
+    """
+    n = len(cells)
+    fig = Figure(figsize=(9, max(3.0, 0.55 * n + 1.6)))
+    ax = fig.add_subplot()
+    y = np.arange(n)
+    h = 0.38
+    ours = [m if m is not None else 0.0 for m in measured]
+    bars = ax.barh(y - h / 2, ours, h, color=TEST_COLOR, label="measured")
+    ax.bar_label(bars, labels=[f"{m:.1f}" if m is not None else "" for m in measured],
+                 fontsize=8, padding=2)
+    refs = [r if r is not None else 0.0 for r in reference]
+    rbars = ax.barh(y + h / 2, refs, h, color=REF_COLOR, label="reference")
+    ax.bar_label(rbars, labels=[f"{r:.1f}" if r is not None else "" for r in reference],
+                 fontsize=8, padding=2, color="#555555")
+    for i, (m, r) in enumerate(zip(measured, reference, strict=True)):
+        if m is None and notes and notes[i]:
+            ax.text(1, i - h / 2, notes[i], va="center", fontsize=8, color="#B22222",
+                    style="italic")
+        if r is None:  # say so, or an empty slot reads as a reference of 0
+            ax.text(1, i + h / 2, "no reference", va="center", fontsize=8, color="#777777",
+                    style="italic")
+    ax.set_yticks(y, cells)
+    ax.invert_yaxis()  # grid order reads top to bottom
+    ax.set(title=title, xlabel="test accuracy (%)", xlim=(0, 105))
+    ax.grid(axis="x", alpha=0.3)
+    # under the axes: inside, it would cover a bar near 100 %
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1 - 0.3 / n), ncol=2, frameon=False)
+    fig.tight_layout()
+    return fig
