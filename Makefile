@@ -11,7 +11,7 @@ OPTUNA_STORAGE ?= $(STORE)/optuna.journal
 PORT    ?= 5000
 DASHBOARD_PORT ?= 8080
 
-.PHONY: install test benchmark report ui dashboard perf lint clean
+.PHONY: install test test-fast benchmark report ui dashboard perf lint clean
 
 install: $(VENV)
 
@@ -36,12 +36,33 @@ $(VENV): pyproject.toml
 test: install
 	$(PY) -m pytest -q
 
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
 lint: install
 	.venv/bin/ruff check .
 
 benchmark: install
 	.venv/bin/tailbench run --grid $(GRID) --profile $(PROFILE) --dataset $(DATASET) \
 	  --tracking-uri $(MLFLOW_URI) --storage $(OPTUNA_STORAGE) $(ARGS)
+
+report: install
+	.venv/bin/tailbench report --grid $(GRID) --profile $(PROFILE) --dataset $(DATASET) \
+	  --tracking-uri $(MLFLOW_URI) $(ARGS)
+
+ui: install
+	@mkdir -p $(STORE)
+	@echo "MLflow UI on http://127.0.0.1:$(PORT) (store $(MLFLOW_URI)); Ctrl-C stops it"
+	.venv/bin/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port $(PORT)
+
+dashboard: install
+	@test -e $(OPTUNA_STORAGE) || case "$(OPTUNA_STORAGE)" in *://*) ;; \
+	  *) echo "no Optuna studies yet at $(OPTUNA_STORAGE): run make benchmark first"; exit 1;; esac
+	@echo "optuna-dashboard on http://127.0.0.1:$(DASHBOARD_PORT); Ctrl-C stops it"
+	.venv/bin/optuna-dashboard $(OPTUNA_STORAGE) --host 127.0.0.1 --port $(DASHBOARD_PORT)
+
+perf: install
+	.venv/bin/tailbench perf --out $(STORE)/perf.json $(ARGS)
 
 clean:
 	rm -rf runs reports .pytest_cache

@@ -9,6 +9,7 @@ import time
 import warnings
 from pathlib import Path
 
+from benchmark import perf
 from benchmark.data import SOURCES, DataError, default_data_dir
 from benchmark.models import MODELS
 from benchmark.train import DEVICES
@@ -71,6 +72,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trial_args(p: argparse.ArgumentParser):
+    t = p.add_argument_group("tuning (Optuna)")
+    t.add_argument("--trials", type=_positive(int), default=None,
+                   help="Optuna trials per cell (default: the profile's)")
+    t.add_argument("--no-tune", action="store_true",
+                   help="the reference's fixed hyperparameters (lr 0.01, sigma 0.05), no study")
+    return t
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    """Cell fields the command line sets; they are part of each cell's key."""
+    if args.no_tune:
+        return {"trials": 0}
+    return {"trials": args.trials} if args.trials is not None else {}
+
+
 def _run_parser(sub) -> None:
     p = sub.add_parser("run", help="run a grid of cells, one MLflow run each, then the report")
     p.add_argument("--grid", default="full", help="grid name in benchmark/grids or a .toml path")
@@ -84,11 +101,7 @@ def _run_parser(sub) -> None:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow store (env MLFLOW_TRACKING_URI, default sqlite:///runs/mlflow.db)")
     p.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
-    t = p.add_argument_group("tuning (Optuna)")
-    t.add_argument("--trials", type=_positive(int), default=None,
-                   help="Optuna trials per cell (default: the profile's)")
-    t.add_argument("--no-tune", action="store_true",
-                   help="the reference's fixed hyperparameters (lr 0.01, sigma 0.05), no study")
+    t = _trial_args(p)
     t.add_argument("--timeout", type=_positive(float), default=None,
                    help="stop each cell's study after this many seconds")
     t.add_argument("--storage", default=None,
@@ -106,9 +119,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tracking.store import Store
 
     filters = {"model": args.model, "variant": args.variant, "augment": args.augment}
-    overrides = {"trials": 0} if args.no_tune else (
-        {"trials": args.trials} if args.trials is not None else {})
-    entries = expand(args.grid, args.profile, args.dataset, filters, overrides)  # bad grid: here
+    entries = expand(args.grid, args.profile, args.dataset, filters, _overrides(args))  # bad grid
+
     if not entries:
         raise ValueError(f"no cell of grid {args.grid!r} matches {filters}")
     device = resolve_device(args.device)
@@ -136,6 +148,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _report_parser(sub) -> None:
+    p = sub.add_parser("report", help="write reports/<experiment>/report.md and report.html "
+                       "from the cell runs in MLflow")
+    p.add_argument("--grid", default="full")
+    p.add_argument("--profile", default="quick")
+    p.add_argument("--dataset", default="auto", choices=list(SOURCES))
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--tracking-uri", default=None)
+    _trial_args(p)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from benchmark.cells import expand
+    from benchmark.data import resolve_name
+    from tracking.store import Store
+
+    source, _ = resolve_name(args.dataset, Path(args.data_dir or default_data_dir()))
+    entries = expand(args.grid, args.profile, source, overrides=_overrides(args))
+    _write_report(Store(args.tracking_uri, f"tailbench/{source}/{args.profile}"), entries)
+    return 0
+
+
 def _tuning(args: argparse.Namespace) -> dict:
     return {"storage": args.storage, "timeout": args.timeout, "jobs": args.jobs or 1}
 
@@ -157,10 +191,12 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _run_parser(sub)
+    _report_parser(sub)
+    perf.add_parser(sub)
     return p
 
 
-COMMANDS = {"train": cmd_train, "run": cmd_run}
+COMMANDS = {"train": cmd_train, "run": cmd_run, "report": cmd_report, "perf": perf.run}
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
