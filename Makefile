@@ -11,7 +11,7 @@ OPTUNA_STORAGE ?= $(STORE)/optuna.journal
 PORT    ?= 5000
 DASHBOARD_PORT ?= 8080
 
-.PHONY: install test test-fast benchmark report ui dashboard perf lint clean
+.PHONY: install test test-fast benchmark report ui dashboard perf services services-stop lint clean
 
 install: $(VENV)
 
@@ -63,6 +63,13 @@ dashboard: install
 
 perf: install
 	.venv/bin/tailbench perf --out $(STORE)/perf.json $(ARGS)
+
+# PostgreSQL (Debian's) in .services/ and an MLflow server on it, loopback only; see README
+services: install
+	tracking/services.sh start
+
+services-stop:
+	tracking/services.sh stop
 
 clean:
 	rm -rf runs reports .pytest_cache
