@@ -56,10 +56,8 @@ ui: install
 	.venv/bin/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port $(PORT)
 
 dashboard: install
-	@test -e $(OPTUNA_STORAGE) || case "$(OPTUNA_STORAGE)" in *://*) ;; \
-	  *) echo "no Optuna studies yet at $(OPTUNA_STORAGE): run make benchmark first"; exit 1;; esac
 	@echo "optuna-dashboard on http://127.0.0.1:$(DASHBOARD_PORT); Ctrl-C stops it"
-	.venv/bin/optuna-dashboard $(OPTUNA_STORAGE) --host 127.0.0.1 --port $(DASHBOARD_PORT)
+	$(PY) -m studies.dashboard $(OPTUNA_STORAGE) --port $(DASHBOARD_PORT)
 
 perf: install
 	.venv/bin/tailbench perf --out $(STORE)/perf.json $(ARGS)

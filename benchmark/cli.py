@@ -116,6 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.data import load_dataset, resolve_name
     from benchmark.runner import format_table, run_grid
     from benchmark.train import resolve_device
+    from studies import storage_url
     from tracking.store import Store
 
     filters = {"model": args.model, "variant": args.variant, "augment": args.augment}
@@ -124,6 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not entries:
         raise ValueError(f"no cell of grid {args.grid!r} matches {filters}")
     device = resolve_device(args.device)
+    storage_url(args.storage)  # a malformed Optuna storage fails here, before the data
     source, why = resolve_name(args.dataset, Path(args.data_dir or default_data_dir()))
     experiment = f"tailbench/{source}/{args.profile}"
     store = Store(args.tracking_uri, experiment)  # an unusable store fails here, before the data

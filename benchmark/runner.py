@@ -95,19 +95,19 @@ def run_cell(cell: Cell, data: Dataset, run: RunLog, device: torch.device,
 
     prep = prepare(cell, data, device)
     _record_inputs(run, cell, prep, device)
-    tuned = _tune(cell, prep, run, device, tuning or {})
-    if tuned.sigma != cell.sigma:
+    tuned = _tune(cell, prep, run, device, tuning or {})  # the cell, its searched fields tuned
+    if tuned != cell:
         prep = prepare(tuned, data, device)
-    model = build_model(cell.model, data.num_classes, cell.seed, device)
+    model = build_model(tuned.model, data.num_classes, tuned.seed, device)
 
     def log_epoch(epoch: int, m: dict[str, float]) -> None:
         run.log_metrics({k if k != "seconds" else "epoch_seconds": v for k, v in m.items()},
                         step=epoch)
 
-    history = fit(model, prep.train, prep.test, epochs=cell.epochs, batch_size=cell.batch_size,
-                  lr=tuned.lr, seed=cell.seed, augment=prep.augment, callback=log_epoch,
+    history = fit(model, prep.train, prep.test, epochs=tuned.epochs, batch_size=tuned.batch_size,
+                  lr=tuned.lr, seed=tuned.seed, augment=prep.augment, callback=log_epoch,
                   progress=progress)
-    final = evaluate(model, prep.test, cell.batch_size)
+    final = evaluate(model, prep.test, tuned.batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         scalars = write_cell_artifacts(
             Path(tmp), cell.name, history, prep.test.y.cpu().numpy(), final["preds"].numpy(),

@@ -1,0 +1,12 @@
+"""Optuna studies: the search space, the objective, storage and pruning. The only package
+that imports optuna; it records trials through the RunLog it is handed (no mlflow here) and
+returns plain data that tracking.study_plots draws. `python -m studies.dashboard` opens
+optuna-dashboard on the storage."""
+
+from studies.space import SPACE, Param, searched
+from studies.storage import open_storage, storage_url
+from studies.summary import StudySummary, TrialRecord
+from studies.tune import TuneResult, study_name, tune_cell
+
+__all__ = ["SPACE", "Param", "StudySummary", "TrialRecord", "TuneResult", "open_storage",
+           "searched", "storage_url", "study_name", "tune_cell"]

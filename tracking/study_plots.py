@@ -77,7 +77,7 @@ def history_figure(summary) -> Figure:
            ylabel=_ylabel(summary))
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="best", fontsize="small")
     return fig
 
 
@@ -90,7 +90,8 @@ def importance_figure(summary) -> Figure | None:
     ax = fig.add_subplot()
     bars = ax.barh([k for k, _ in items], [v for _, v in items], color=COMPLETE_COLOR)
     ax.bar_label(bars, fmt="%.2f", padding=3)
-    ax.set(title=f"Parameter importance (fANOVA): {summary.name}",
+    n = sum(t.state == "COMPLETE" for t in summary.trials)  # few trials: a rough estimate
+    ax.set(title=f"Parameter importance (fANOVA, {n} complete trials): {summary.name}",
            xlabel=f"share of the variance of the {summary.objective}", xlim=(0, 1.1))
     return fig
 
@@ -106,10 +107,13 @@ def lr_sigma_figure(summary) -> Figure | None:
     fig = Figure(figsize=(8, 5))
     ax = fig.add_subplot()
     done = [t for t in trials if t.state == "COMPLETE" and t.value is not None]
-    rest = [t for t in trials if t not in done]
-    if rest:
-        ax.scatter([t.params["lr"] for t in rest], [t.params["sigma"] for t in rest],
-                   color=PRUNED_COLOR, marker="x", label="pruned / not complete")
+    for label, color, marker, keep in (
+            ("pruned / not complete", PRUNED_COLOR, "x", lambda t: not _diverged(t)),
+            ("diverged", DIVERGED_COLOR, "v", _diverged)):
+        rest = [t for t in trials if t not in done and keep(t)]
+        if rest:
+            ax.scatter([t.params["lr"] for t in rest], [t.params["sigma"] for t in rest],
+                       color=color, marker=marker, label=label)
     if done:
         sc = ax.scatter([t.params["lr"] for t in done], [t.params["sigma"] for t in done],
                         c=[_pct(t.value) for t in done], cmap="viridis", s=60,
@@ -119,8 +123,9 @@ def lr_sigma_figure(summary) -> Figure | None:
         ax.scatter([summary.best_params["lr"]], [summary.best_params["sigma"]], marker="*",
                    s=300, facecolors="none", edgecolors=BEST_COLOR, linewidths=1.5, label="best")
     lr, sigma = summary.space["lr"], summary.space["sigma"]
-    ax.set(xscale="log" if lr.get("log") else "linear", xlim=(lr["low"], lr["high"]),
-           ylim=(sigma["low"], sigma["high"]), title=f"lr × sigma: {summary.name}",
+    pad = 0.05 * (sigma["high"] - sigma["low"])  # so points on the bounds stay whole
+    ax.set(xscale="log" if lr.get("log") else "linear", xlim=(lr["low"] / 1.3, lr["high"] * 1.3),
+           ylim=(sigma["low"] - pad, sigma["high"] + pad), title=f"lr × sigma: {summary.name}",
            xlabel=f"lr ({lr.get('unit') or 'learning rate'}, log scale)",
            ylabel=f"sigma ({sigma.get('unit') or 'noise std'})")
     ax.legend(loc="best", fontsize="small")
@@ -138,13 +143,13 @@ def intermediate_figure(summary) -> Figure | None:
         epochs = sorted(t.intermediate)
         ax.plot(epochs, [_pct(t.intermediate[e]) for e in epochs], marker=".",
                 linestyle="-" if t.state == "COMPLETE" else "--", color=f"C{i % 10}",
-                label=f"trial {t.number} ({t.state.lower()})")
+                label=f"trial {t.number} ({'diverged' if _diverged(t) else t.state.lower()})")
     ax.set(title=f"Validation curves per trial: {summary.name}", xlabel="epoch",
            ylabel=_ylabel(summary))
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
-    if len(trials) <= 12:
-        ax.legend(loc="lower right", fontsize="small")
+    if len(trials) <= 12:  # beside the axes: the curves fill every corner
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     return fig
 
 

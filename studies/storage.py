@@ -1,0 +1,108 @@
+"""Where studies live: a journal file on one machine, a database when machines share them.
+
+`storage` everywhere is what the user typed (`--storage`, OPTUNA_STORAGE in the Makefile):
+- None: $TAILBENCH_STORAGE (set by `source .services/env` after `make services`), else the
+  journal file runs/optuna.journal (no server, safe for several processes on one machine)
+- a path: a journal file there (its folder is created)
+- sqlite:///path.db, postgresql://user:pass@host/db, mysql://...: an Optuna RDBStorage
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+DEFAULT_JOURNAL = Path("runs") / "optuna.journal"
+ENV = "TAILBENCH_STORAGE"  # like MLFLOW_TRACKING_URI for the tracking store
+RDB_SCHEMES = ("sqlite", "postgresql", "mysql")  # SQLAlchemy dialects, "+driver" allowed
+SQLITE_HEADER = b"SQLite format 3\x00"
+EXAMPLES = ("use a journal file path (runs/optuna.journal), sqlite:///runs/optuna.db or "
+            "postgresql://user:password@host:5432/db")
+# a URL scheme: two or more characters before ':' (one letter is a Windows drive, a path)
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):")
+
+
+def masked(url: str) -> str:
+    """The URL with any password replaced, fit for an error message or a log."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _check_rdb(url: str) -> str:
+    parts = urlsplit(url)
+    dialect = parts.scheme.split("+")[0]
+    where = f"Optuna storage {masked(url)!r}"
+    if dialect not in RDB_SCHEMES:
+        raise ValueError(f"{where}: unknown scheme {parts.scheme!r}; {EXAMPLES}")
+    if dialect == "sqlite":
+        if not url.startswith(f"{parts.scheme}:///") or not url.split(":///", 1)[1]:
+            raise ValueError(f"{where}: a SQLite URL needs three slashes and a file, like "
+                             "sqlite:///runs/optuna.db (relative) or sqlite:////abs/optuna.db")
+    elif not parts.hostname or not parts.path.strip("/"):
+        raise ValueError(f"{where}: a {dialect} URL needs a host and a database name, like "
+                         f"{dialect}://user:password@host/optuna")
+    return url
+
+
+def _check_journal(text: str) -> str:
+    path = Path(text).expanduser()
+    where = f"Optuna journal file {str(path)!r}"
+    if path.is_dir():
+        raise ValueError(f"{where} is a folder; name a file in it, e.g. {path / 'optuna.journal'}")
+    if path.is_file():
+        with path.open("rb") as f:
+            if f.read(len(SQLITE_HEADER)) == SQLITE_HEADER:
+                raise ValueError(f"{where} is a SQLite database; pass sqlite:///{path} instead")
+    return str(path)
+
+
+def storage_url(storage: str | Path | None = None) -> str:
+    """The checked storage string: a journal file path or an RDB URL. Raises ValueError that
+    says what is wrong with `storage` and what to write instead."""
+    if storage is None:
+        storage = os.environ.get(ENV) or DEFAULT_JOURNAL
+    text = str(storage).strip()
+    if not text:
+        raise ValueError(f"Optuna storage is empty; {EXAMPLES}")
+    if "://" in text:
+        return _check_rdb(text)
+    scheme = _SCHEME.match(text)
+    if scheme and not isinstance(storage, Path):
+        raise ValueError(f"Optuna storage {masked(text)!r} looks like a URL without '//' "
+                         f"after {scheme.group(1)}:; {EXAMPLES}")
+    return _check_journal(text)
+
+
+def is_journal(url: str) -> bool:
+    return "://" not in url
+
+
+def _make_parent(path: Path, url: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"Optuna storage {masked(url)!r}: cannot create the folder "
+                         f"{path.parent} ({e.strerror}); choose a writable place") from None
+
+
+def open_storage(storage: str | Path | None = None):
+    """An Optuna storage object for `storage` (see the module docstring), folders created."""
+    import optuna
+
+    url = storage_url(storage)
+    if is_journal(url):
+        from optuna.storages.journal import JournalFileBackend
+
+        _make_parent(Path(url), url)
+        return optuna.storages.JournalStorage(JournalFileBackend(url))
+    if url.startswith("sqlite"):
+        _make_parent(Path(url.split(":///", 1)[1]), url)
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as e:  # sqlalchemy's connection and driver errors
+        first = masked(str(e).splitlines()[0]) if str(e) else ""
+        raise ValueError(f"Optuna storage {masked(url)} cannot be opened: {type(e).__name__}: "
+                         f"{first.rstrip('.')}. Check that the server is up, the credentials "
+                         "(PGPASSFILE for PostgreSQL), and that its driver is installed "
+                         "(psycopg for postgresql, pymysql for mysql)") from None

@@ -1,0 +1,90 @@
+"""Smoke test of `tailbench perf`: tiny sizes, the table and JSON shapes; never timings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from functools import partial
+
+import pytest
+import torch
+
+from benchmark import perf
+from benchmark.data import Dataset
+
+
+def tiny_data(n: int = 240) -> Dataset:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    y = torch.arange(n) % 10
+    return Dataset(x, y, x[:20], y[:20], tuple("abcdefghij"), "random", "")
+
+
+@pytest.fixture
+def ctx() -> perf.Context:
+    sizes = perf.SIZES["quick"] | {"cnn": 24, "rnn": 24, "resnet50": 8, "pipeline": 200,
+                                   "batch": 8}
+    return perf.Context(torch.device("cpu"), tiny_data(), sizes, reps=1, workers=0)
+
+
+def test_alternate_runs_a_b_a_b_and_drops_the_warmup():
+    calls = []
+    a, b = partial(calls.append, "a"), partial(calls.append, "b")
+    ta, tb = perf.alternate(a, b, reps=2, device=torch.device("cpu"))
+    assert calls == ["a", "b"] * 3
+    assert len(ta) == len(tb) == 2 and all(t >= 0 for t in ta + tb)
+
+
+def test_every_comparison_returns_a_row(ctx):
+    rows = [compare(ctx) for compare in perf.COMPARISONS]
+    assert len(rows) == len(perf.COMPARISONS) and len({r.measure for r in rows}) == len(rows)
+    for r in rows:
+        assert r.tailbench > 0 and r.baseline > 0
+        assert r.ratio == pytest.approx(r.tailbench / r.baseline)
+        assert r.met is None if r.target is None else r.met == (r.ratio >= r.target)
+    units = {r.measure: r.unit for r in rows}
+    assert units["cnn training epoch"] == "img/s"
+    assert units["flip+noise data pipeline"] == "img/s"
+    assert units["resnet50 training vs matmul"] == "GFLOP/s"
+    # the limit rows reuse the training rows' measured rate instead of timing again
+    assert {"train/cnn", "train/rnn", "train/resnet50", "matmul/cnn"} <= set(ctx.cache)
+
+
+def test_table_has_a_line_per_row_with_the_columns():
+    rows = [perf.Row("cnn training epoch", "img/s", 900.0, 450.0, 2.0, 1.6),
+            perf.Row("rnn training vs matmul", "GFLOP/s", 40.0, 160.0, 0.25, percent=True)]
+    lines = perf.table(rows).splitlines()
+    assert lines[0].split() == ["measure", "unit", "tailbench", "baseline", "ratio", "target",
+                                "met?"]
+    assert len(lines) == 2 + len(rows)
+    assert lines[2].split()[-4:] == ["2.00x", ">=", "1.60x", "yes"]
+    assert lines[3].split()[-3:] == ["25%", "-", "-"]
+
+
+def test_perf_command_writes_the_json(tmp_path, monkeypatch, capsys, ctx):
+    monkeypatch.setattr(perf, "load_images", lambda seed=0: ctx.data)
+    monkeypatch.setattr(perf, "Context", partial(perf.Context, workers=2))  # the real loader
+    monkeypatch.setattr(perf, "SIZES", {"quick": ctx.sizes, "full": ctx.sizes})
+    monkeypatch.setattr(perf, "COMPARISONS", [partial(perf.training, name="cnn"), perf.pipeline,
+                                              partial(perf.limit, name="cnn")])
+    p = argparse.ArgumentParser()
+    perf.add_parser(p.add_subparsers(dest="command"))
+    out = tmp_path / "perf.json"
+    args = p.parse_args(["perf", "--quick", "--device", "cpu", "--out", str(out)])
+    assert perf.run(args) == 0
+    result = json.loads(out.read_text())
+    assert set(result) == {"machine", "rows", "seconds"}
+    assert {"torch", "device", "threads", "matmul_gflops", "load_before"} <= set(result["machine"])
+    assert result["machine"]["device"] == "cpu"
+    assert [r["measure"] for r in result["rows"]] == [
+        "cnn training epoch", "flip+noise data pipeline", "cnn training vs matmul"]
+    assert set(result["rows"][0]) == {"measure", "unit", "tailbench", "baseline", "ratio",
+                                      "target", "percent", "note", "met"}
+    assert "flip+noise data pipeline" in capsys.readouterr().out
+
+
+def test_bad_reps_is_an_error_a_user_can_act_on(ctx, monkeypatch):
+    monkeypatch.setattr(perf, "load_images", lambda seed=0: ctx.data)
+    args = argparse.Namespace(device="cpu", reps=0, out="unused.json", quick=True)
+    with pytest.raises(ValueError, match="--reps"):
+        perf.run(args)
