@@ -1,0 +1,94 @@
+"""Tail oversampling by flips and Gaussian noise, drawn fresh each epoch on the device.
+
+Why fresh each epoch: the added images are new draws every epoch (a different tail image,
+flip and noise), which is what oversampling by augmentation means, and costs nothing extra:
+the draws are a few batched tensor ops on the device, with no per-image Python and no
+second copy of the dataset in memory. The original images always stay in the set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+from benchmark.data.dataset import DataError
+
+
+class EpochPlan(NamedTuple):
+    index: torch.Tensor  # (M,) int64: which stored image each sample of the epoch starts from
+    synthetic: torch.Tensor  # (M,) bool: whether that sample is an added, augmented copy
+
+
+class NoAugment:
+    """The training set as it is."""
+
+    name = "none"
+    added = 0
+    note = "no augmentation"
+
+    def __init__(self, labels: torch.Tensor, **_):
+        self.n = len(labels)
+
+    def plan(self, gen: torch.Generator) -> EpochPlan:
+        device = gen.device
+        return EpochPlan(torch.arange(self.n, device=device),
+                         torch.zeros(self.n, dtype=torch.bool, device=device))
+
+    def apply(self, x: torch.Tensor, synthetic: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return x
+
+
+class FlipNoise(NoAugment):
+    """Oversample each tail class up to the head classes' mean count; every added image is a
+    random image of its class, flipped left-right with probability 1/2, plus N(0, sigma^2)
+    noise (sigma in units of the [0, 1] pixel range), clipped to [0, 1]."""
+
+    name = "flip+noise"
+
+    def __init__(self, labels: torch.Tensor, tail_classes: Sequence[int] = (0, 1, 2, 3, 4),
+                 sigma: float = 0.05, num_classes: int | None = None):
+        super().__init__(labels)
+        if not sigma >= 0:
+            raise DataError(f"flip+noise sigma must be >= 0, got {sigma}")
+        self.sigma = float(sigma)
+        counts = torch.bincount(labels.cpu(), minlength=num_classes or 0)
+        head = [c for c in range(len(counts)) if c not in tail_classes and counts[c] > 0]
+        target = round(counts[head].float().mean().item()) if head else 0
+        # (class members, how many copies to add) for each tail class short of the target
+        self.pools = [(torch.nonzero(labels == c).flatten(), target - int(counts[c]))
+                      for c in tail_classes if 0 < counts[c] < target]
+        self.added = sum(k for _, k in self.pools)
+        self.note = (f"flip+noise adds {self.added} images per epoch to reach {target} per tail "
+                     "class" if self.added else
+                     "flip+noise adds nothing: the tail classes already match the head")
+
+    def plan(self, gen: torch.Generator) -> EpochPlan:
+        base = super().plan(gen)
+        if not self.added:
+            return base
+        extra = [pool[torch.randint(len(pool), (k,), generator=gen, device=gen.device)
+                      .to(pool.device)] for pool, k in self.pools]
+        extra_idx = torch.cat(extra).to(gen.device)
+        return EpochPlan(torch.cat([base.index, extra_idx]),
+                         torch.cat([base.synthetic, torch.ones_like(extra_idx, dtype=torch.bool)]))
+
+    def apply(self, x: torch.Tensor, synthetic: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        # x: (B, C, H, W) floats in [0, 1]; only the rows marked synthetic change
+        if not self.added:
+            return x
+        mask = synthetic.view(-1, 1, 1, 1)
+        flip = mask & (torch.rand(mask.shape, generator=gen, device=x.device) < 0.5)
+        x = torch.where(flip, x.flip(-1), x)
+        noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) * self.sigma
+        return torch.where(mask, (x + noise).clamp_(0, 1), x)
+
+
+AUGMENTS = {"none": NoAugment, "flip+noise": FlipNoise}
+
+
+def make_augment(name: str, labels: torch.Tensor, **kwargs) -> NoAugment:
+    if name not in AUGMENTS:
+        raise DataError(f"unknown augmentation {name!r}; choose one of {', '.join(AUGMENTS)}")
+    return AUGMENTS[name](labels, **kwargs)
