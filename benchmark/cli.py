@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import time
 import warnings
@@ -15,17 +16,23 @@ from benchmark.models import MODELS
 from benchmark.train import DEVICES
 
 
-def _positive(kind: type):
+def _number(kind: type, low: float = 0, low_ok: bool = True):
+    """An argparse type: a finite int or float, at least `low` (or above it)."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (value == low and not low_ok):
+            raise argparse.ArgumentTypeError(
+                f"must be {'>=' if low_ok else '>'} {low} and finite, got {text}")
         return value
 
     return parse
+
+
+_positive = _number  # >= 0
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -43,8 +50,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--epochs", type=_positive(int), default=2)
     p.add_argument("--limit", type=_positive(int), default=0,
                    help="train on this many images (stratified); 0 = all")
-    p.add_argument("--batch-size", type=_positive(int), default=1024)
-    p.add_argument("--lr", type=_positive(float), default=0.01)
+    p.add_argument("--batch-size", type=_number(int, 1), default=1024)
+    p.add_argument("--lr", type=_number(float, 0, low_ok=False), default=0.01)
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -206,12 +213,20 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    warnings.formatwarning = _one_line_warning
     args = parser().parse_args(argv)
+    old, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+    try:
+        return _dispatch(args)
+    finally:  # put the process's formatter back (tests, embedding)
+        warnings.formatwarning = old
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         return COMMANDS[args.command](args)
-    except (DataError, ValueError) as e:  # GridError, TrackingError are ValueErrors
+    except (DataError, ValueError, FloatingPointError) as e:  # GridError, TrackingError,
+        # storage errors are ValueErrors; Diverged is a FloatingPointError
         print(f"tailbench {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

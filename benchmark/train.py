@@ -155,6 +155,8 @@ def fit(model: nn.Module, train: Split, test: Split, *, epochs: int,
     device (uint8); returns the metrics of every epoch."""
     if epochs < 0 or batch_size < 1:
         raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {epochs}, {batch_size}")
+    if not len(train.y):
+        raise ValueError("the training set is empty: check the data limits and the variant")
     device = next(model.parameters()).device
     augment = augment or NoAugment(train.y)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -167,6 +169,8 @@ def fit(model: nn.Module, train: Split, test: Split, *, epochs: int,
         if not math.isfinite(metrics["train_loss"]):
             raise Diverged(epoch, metrics["train_loss"])
         ev = evaluate(model, test, batch_size)
+        if not math.isfinite(ev["loss"]):  # the epoch's last step can break the weights too
+            raise Diverged(epoch, ev["loss"])
         metrics |= {"test_loss": ev["loss"], "test_acc": ev["acc"],
                     "test_balanced_acc": ev["balanced_acc"],
                     "seconds": time.perf_counter() - start}

@@ -101,10 +101,6 @@ def test_a_huge_learning_rate_raises_diverged(learnable_split):
     assert isinstance(err.value, FloatingPointError)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                   reason="BUG benchmark/train.py fit: only the epoch's mean "
-                   "train loss is checked, and each batch's loss is taken before its step, so "
-                   "a last step that makes the weights NaN (here: the only step) is not caught")
 def test_divergence_in_the_last_step_is_caught(learnable_split):
     train, test = _subset(learnable_split[0], 64), _subset(learnable_split[1], 20)
     with pytest.raises(Diverged):
