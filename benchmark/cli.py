@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
+import subprocess
 import sys
 import time
+import uuid
 import warnings
 from pathlib import Path
 
 from benchmark import perf
-from benchmark.data import SOURCES, DataError, default_data_dir
+from benchmark.data import SOURCES, DataError, default_data_dir, resolve_name
 from benchmark.models import MODELS
 from benchmark.train import DEVICES
 
@@ -108,6 +111,10 @@ def _run_parser(sub) -> None:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow store (env MLFLOW_TRACKING_URI, default sqlite:///runs/mlflow.db)")
     p.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
+    p.add_argument("--workers", type=_number(int, 1), default=None,
+                   help="worker processes sharing the grid (default: one per GPU, else 1)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a spawned one
+    p.add_argument("--force-nonce", default=None, help=argparse.SUPPRESS)
     t = _trial_args(p)
     t.add_argument("--timeout", type=_positive(float), default=None,
                    help="stop each cell's study after this many seconds")
@@ -119,39 +126,52 @@ def _run_parser(sub) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Check everything (grid, device, both stores) before any data is read, then run the
+    cells here or in worker processes."""
+    import torch
+
     from benchmark.cells import expand
-    from benchmark.data import load_dataset, resolve_name
-    from benchmark.runner import format_table, run_grid
     from benchmark.train import resolve_device
-    from studies import storage_url
+    from studies import open_storage
     from tracking.store import Store
 
     filters = {"model": args.model, "variant": args.variant, "augment": args.augment}
-    entries = expand(args.grid, args.profile, args.dataset, filters, _overrides(args))  # bad grid
-
+    entries = expand(args.grid, args.profile, args.dataset, filters, _overrides(args))
     if not entries:
         raise ValueError(f"no cell of grid {args.grid!r} matches {filters}")
     device = resolve_device(args.device)
-    storage_url(args.storage)  # a malformed Optuna storage fails here, before the data
+    open_storage(args.storage)  # a malformed or unreachable Optuna storage fails here
     source, why = resolve_name(args.dataset, Path(args.data_dir or default_data_dir()))
     experiment = f"tailbench/{source}/{args.profile}"
-    store = Store(args.tracking_uri, experiment)  # an unusable store fails here, before the data
-    if args.dataset == "auto":
-        print(f"tailbench: dataset auto -> {source} ({why})", file=sys.stderr)
-    data = load_dataset(args.dataset, args.data_dir, source=source)
-    entries = [dataclasses.replace(e, cell=dataclasses.replace(e.cell, dataset=data.source))
+    store = Store(args.tracking_uri, experiment)  # and an unusable tracking store here
+    entries = [dataclasses.replace(e, cell=dataclasses.replace(e.cell, dataset=source))
                for e in entries]
+    workers = args.workers or (torch.cuda.device_count() if device.type == "cuda" else 1)
+    if workers > 1 and not args.worker:
+        return _spawn_workers(args, workers, store, entries, device)
+    if args.dataset == "auto" and not args.worker:
+        print(f"tailbench: dataset auto -> {source} ({why})", file=sys.stderr)
+    return _run_here(args, store, entries, device, source)
+
+
+def _run_here(args: argparse.Namespace, store, entries, device, source: str) -> int:
+    from benchmark.data import load_dataset
+    from benchmark.runner import format_table, run_grid
+
+    data = load_dataset(source, args.data_dir)
     print(f"tailbench: {len(entries)} cells of grid {args.grid!r} ({args.profile}) on "
-          f"{data.source}, {device}; MLflow {store.uri}, experiment {experiment}",
+          f"{data.source}, {device}; MLflow {store.uri}, experiment {store.experiment_name}",
           file=sys.stderr)
     outcomes = run_grid(entries, data, store, device=device, force=args.force,
-                        progress=sys.stderr.isatty(), tuning=_tuning(args),
+                        progress=sys.stderr.isatty() and not args.worker, tuning=_tuning(args),
                         invocation_tags={"grid": args.grid, "profile": args.profile,
                                          "dataset": data.source, "device": str(device)})
+    failed = [o for o in outcomes if o.status == "failed"]
+    if args.worker:  # the process that spawned it prints the table and writes the report
+        return 1 if failed else 0
     print(format_table(outcomes))
     if not args.no_report:
         _write_report(store, entries)
-    failed = [o for o in outcomes if o.status == "failed"]
     for o in failed:
         print(f"FAILED {o.cell.name}: {o.error}", file=sys.stderr)
     return 1 if failed else 0
@@ -170,7 +190,6 @@ def _report_parser(sub) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from benchmark.cells import expand
-    from benchmark.data import resolve_name
     from tracking.store import Store
 
     source, _ = resolve_name(args.dataset, Path(args.data_dir or default_data_dir()))
@@ -180,7 +199,40 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _tuning(args: argparse.Namespace) -> dict:
-    return {"storage": args.storage, "timeout": args.timeout, "jobs": args.jobs or 1}
+    return {"storage": args.storage, "timeout": args.timeout, "jobs": args.jobs or 1,
+            "force_nonce": args.force_nonce}
+
+
+def _spawn_workers(args: argparse.Namespace, n: int, store, entries, device) -> int:
+    """Run the same command as `n` worker processes (one per GPU where there are several)
+    sharing the stores; then print the cells' table and write the report."""
+    import torch
+
+    from benchmark.runner import Outcome, format_table
+
+    argv = [a for i, a in enumerate(args.argv) if not a.startswith("--workers") and
+            not (i and args.argv[i - 1] == "--workers")]
+    cmd = [sys.executable, "-m", "benchmark.cli", *argv, "--worker",
+           "--force-nonce", uuid.uuid4().hex]
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    print(f"tailbench: {n} workers" + (f" on {gpus} GPUs" if gpus else ""), file=sys.stderr)
+    procs = [subprocess.Popen(cmd, env=os.environ | ({"CUDA_VISIBLE_DEVICES": str(i % gpus)}
+                                                     if gpus else {})) for i in range(n)]
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:  # the workers got the same Ctrl-C; let them end their runs
+        for p in procs:
+            p.wait()
+        raise
+    outcomes = []
+    for e in entries:
+        done = store.finished_metrics(e.cell.key)
+        outcomes.append(Outcome(e.cell, "finished" if done is not None else "not done",
+                                done or {}))
+    print(format_table(outcomes))
+    if not args.no_report:
+        _write_report(store, entries)
+    return max(codes) if any(codes) else int(any(o.status != "finished" for o in outcomes))
 
 
 def _write_report(store, entries) -> None:
@@ -214,6 +266,7 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     old, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         return _dispatch(args)

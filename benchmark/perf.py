@@ -55,6 +55,7 @@ class Row:
     target: float | None = None  # the least acceptable ratio, None where there is none
     percent: bool = False  # show the ratio as a share (of a limit) rather than a speedup
     note: str = ""
+    runs: list[tuple[float, float]] = field(default_factory=list)  # (tailbench, baseline) a round
 
     @property
     def met(self) -> bool | None:
@@ -74,36 +75,33 @@ class Context:
     reps: int
     workers: int = 2  # the tutorial DataLoader's worker processes
     seed: int = 0
-    cache: dict[str, float] = field(default_factory=dict)  # results shared between comparisons
+    cache: dict[str, list[float]] = field(default_factory=dict)  # per-round rates, for reuse
 
 
 Comparison = Callable[[Context], Row]
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
 def alternate(*fns: Callable[[], object], reps: int, device: torch.device,
               warmup: int = 1) -> list[list[float]]:
     """Seconds per call of each fn, called a, b, a, b, ...; the warm-up rounds are not kept."""
+    sync = {"cuda": torch.cuda.synchronize, "mps": torch.mps.synchronize}.get(device.type,
+                                                                              lambda: None)
     times: list[list[float]] = [[] for _ in fns]
     for i in range(warmup + reps):
         for fn, kept in zip(fns, times, strict=True):
-            sync(device)
+            sync()
             start = time.perf_counter()
             fn()
-            sync(device)
+            sync()
             if i >= warmup:
                 kept.append(time.perf_counter() - start)
     return times
 
 
-def _rate(n: int, seconds: list[float]) -> float:
-    return statistics.median(n / s for s in seconds)
+def paired(measure: str, unit: str, a: list[float], b: list[float], **kw) -> Row:
+    """The row of two alternated series: their medians, their ratio, and every round."""
+    ma, mb = statistics.median(a), statistics.median(b)
+    return Row(measure, unit, ma, mb, ma / mb, runs=list(zip(a, b, strict=True)), **kw)
 
 
 # ---- the tutorial pipeline: PIL images, per-image transforms, DataLoader workers ----------
@@ -173,17 +171,17 @@ def _train_contenders(ctx: Context, name: str):
 
 def training(ctx: Context, name: str) -> Row:
     """Images/s of one training epoch: train_one_epoch against the tutorial loop. A square
-    matmul runs third in each round, so that the limit row compares like with like on a
-    machine whose load changes."""
+    matmul runs third in each round: where other work shares the machine, its median then
+    saw the same share of it as the network's (a best-of would not)."""
     ours, tutorial = _train_contenders(ctx, name)
     t_ours, t_tut, t_mm = alternate(ours, tutorial, matmul(ctx), reps=ctx.reps,
                                     device=ctx.device)
     n, flops = ctx.sizes[name], 2 * ctx.sizes["matmul"] ** 3
-    ctx.cache[f"train/{name}"] = a = _rate(n, t_ours)
-    ctx.cache[f"matmul/{name}"] = _rate(flops, t_mm)
-    b = _rate(n, t_tut)
-    return Row(f"{name} training epoch", "img/s", a, b, a / b, TARGETS.get(("train", name)),
-               note=f"{n} images, batch {ctx.sizes['batch']}")
+    ctx.cache[f"train/{name}"] = a = [n / t for t in t_ours]
+    ctx.cache[f"matmul/{name}"] = [flops / t for t in t_mm]
+    return paired(f"{name} training epoch", "img/s", a, [n / t for t in t_tut],
+                  target=TARGETS.get(("train", name)),
+                  note=f"{n} images, batch {ctx.sizes['batch']}")
 
 
 # ---- 2. data pipeline alone ---------------------------------------------------------------
@@ -202,14 +200,6 @@ def tailbench_batches(x: torch.Tensor, y: torch.Tensor, augment: NoAugment,
     return n
 
 
-def tutorial_batches(loader: DataLoader, device: torch.device) -> int:
-    n = 0
-    for xb, yb in loader:
-        xb, yb = xb.to(device), yb.to(device)
-        n += len(yb)
-    return n
-
-
 def pipeline(ctx: Context) -> Row:
     """Images/s of flip+noise oversampled batches: batched tensor ops against per-image PIL."""
     lt = make_variant(ctx.data.limit(train=ctx.sizes["pipeline"], seed=ctx.seed), "long-tail")
@@ -224,12 +214,11 @@ def pipeline(ctx: Context) -> Row:
     x, y, loader = lt.train_x.to(dev), lt.train_y.to(dev), tutorial_loader(ctx, dataset)
     t_ours, t_tut = alternate(
         partial(tailbench_batches, x, y, augment, gen, ctx.sizes["batch"], model),
-        partial(tutorial_batches, loader, dev), reps=ctx.reps, device=dev)
+        lambda: sum(len(xb.to(dev)) for xb, _ in loader), reps=ctx.reps, device=dev)
     n = len(plan.index)
-    a, b = _rate(n, t_ours), _rate(n, t_tut)
-    return Row("flip+noise data pipeline", "img/s", a, b, a / b,
-               TARGETS[("pipeline", "flip+noise")],
-               note=f"{len(lt.train_y)} long-tail images + {augment.added} added per epoch")
+    return paired("flip+noise data pipeline", "img/s", [n / t for t in t_ours],
+                  [n / t for t in t_tut], target=TARGETS[("pipeline", "flip+noise")],
+                  note=f"{len(lt.train_y)} long-tail images + {augment.added} added per epoch")
 
 
 # ---- 3. distance from the machine's limit -------------------------------------------------
@@ -265,12 +254,12 @@ def limit(ctx: Context, name: str) -> Row:
         training(ctx, name)
     per_image = train_flops_per_image(name, ctx.device, ctx.sizes["flop_batch"],
                                       ctx.data.num_classes)
-    achieved = per_image * ctx.cache[f"train/{name}"] / 1e9
-    peak = ctx.cache[f"matmul/{name}"] / 1e9
-    return Row(f"{name} training vs matmul", "GFLOP/s", achieved, peak, achieved / peak,
-               TARGETS.get(("limit", name)), percent=True,
-               note=f"{per_image / 1e6:.1f} MFLOP per image, {compute_dtype(ctx.device)}"
-                    .replace("torch.", ""))
+    achieved = [per_image * r / 1e9 for r in ctx.cache[f"train/{name}"]]
+    peak = [r / 1e9 for r in ctx.cache[f"matmul/{name}"]]
+    return paired(f"{name} training vs matmul", "GFLOP/s", achieved, peak,
+                  target=TARGETS.get(("limit", name)), percent=True,
+                  note=f"{per_image / 1e6:.1f} MFLOP per image, {compute_dtype(ctx.device)}"
+                       .replace("torch.", ""))
 
 
 NETWORKS = ("cnn", "rnn", "resnet50")
@@ -302,17 +291,25 @@ def table(rows: list[Row]) -> str:
     return "\n".join(out + [fmt.format(*line) for line in lines])
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def machine(ctx: Context) -> dict:
     dev = ctx.device
-    name = (torch.cuda.get_device_name(dev) if dev.type == "cuda"
-            else platform.processor() or platform.machine())
-    return {"torch": torch.__version__, "device": str(dev), "device_name": name,
+    mm = [r / 1e9 for k, v in ctx.cache.items() if k.startswith("matmul/") for r in v]
+    return {"torch": torch.__version__, "device": str(dev),
+            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "python": platform.python_version(), "dtype": str(compute_dtype(dev)),
-            "matmul_gflops": max((v / 1e9 for k, v in ctx.cache.items()  # best beside a network
-                                  if k.startswith("matmul/")), default=None),
-            "data": ctx.data.source,
-            "reps": ctx.reps, "sizes": ctx.sizes, "tutorial_workers": ctx.workers}
+            "matmul_gflops": {"best": max(mm), "median": statistics.median(mm)} if mm else None,
+            "data": ctx.data.source, "reps": ctx.reps, "sizes": ctx.sizes,
+            "tutorial_workers": ctx.workers}
 
 
 def measure(ctx: Context, comparisons: list[Comparison] | None = None,
@@ -343,7 +340,7 @@ def load_images(seed: int = 0) -> Dataset:
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("perf", help="time tailbench against the usual tutorial pipeline")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--device", default="auto", choices=train.DEVICES)
     p.add_argument("--reps", type=int, default=None,
                    help=f"timed repetitions of each contender (default {SIZES['full']['reps']}, "
                         f"--quick {SIZES['quick']['reps']})")
@@ -364,7 +361,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"tailbench perf on {ctx.device} ({torch.get_num_threads()} threads), "
           f"{reps} reps each, median kept", flush=True)
     rows, result = measure(ctx, echo=lambda line: print(line, flush=True))
-    print(f"\n{table(rows)}\n\n{result['seconds']:.0f}s in all")
+    print(f"\n{table(rows)}\n\n{result['seconds']:.0f}s in all"
+          + (" (--quick: tiny sizes, these numbers say nothing about speed)" * args.quick))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +79,7 @@ def _tune(cell: Cell, prep: Prepared, run: RunLog, device: torch.device, tuning:
 
     result = tune_cell(cell, prep.data, device, run, **{k: v for k, v in tuning.items()
                                                         if k != "enabled"})
+    run.end_lost(result.dead_runs, LOST_TRIAL)
     run.log_params({f"best_{k}": v for k, v in result.best.items()})
     run.log_metrics({"trials_complete": result.complete, "trials_pruned": result.pruned,
                      "trials_failed": result.failed, "trial_epochs": result.epochs_trained})
@@ -125,33 +128,83 @@ def run_grid(entries: list[GridEntry], data: Dataset, store: Store, *, device: t
              invocation_tags: dict | None = None) -> list[Outcome]:
     """Every cell as a nested run of one invocation run. Finished cells are skipped (unless
     `force`); a failing cell is recorded FAILED and the next one runs; Ctrl-C ends the current
-    cell KILLED and stops."""
-    done = {} if force else store.finished()
-    outcomes = []
+    cell KILLED and stops. Several workers (processes, machines) can run the same grid at
+    once on shared stores: each cell's final training is claimed by one of them, the others
+    help with its Optuna trials and move on."""
+    from studies import open_storage
+
+    tuning = dict(tuning or {})
+    storage = open_storage(tuning.get("storage"))
+    # --force re-runs finished cells once per invocation: its claims get names of their own
+    nonce = tuning.pop("force_nonce", None) or uuid.uuid4().hex
+    suffix = f" force {nonce}" if force else ""
+    outcomes: list[Outcome] = []
     with store.invocation(f"{len(entries)} cells", invocation_tags or {}) as parent:
         for i, entry in enumerate(entries, 1):
-            cell = entry.cell
-            if cell.key in done:
-                outcomes.append(Outcome(cell, "skipped", done[cell.key]))
-                print(f"[{i}/{len(entries)}] {cell.name}: finished before, skipped",
-                      file=sys.stderr)
-                continue
-            print(f"[{i}/{len(entries)}] {cell.name}: {cell.epochs} epochs ...", file=sys.stderr,
-                  flush=True)
-            start = time.perf_counter()
-            try:
-                with parent.child(cell.name, "cell") as run:
-                    metrics = run_cell(cell, data, run, device, progress, tuning)
-                outcomes.append(Outcome(cell, "finished", metrics,
-                                        seconds=time.perf_counter() - start))
-            except Exception as e:  # recorded FAILED on the run; the next cell still runs
-                outcomes.append(Outcome(cell, "failed", error=f"{type(e).__name__}: {e}",
-                                        seconds=time.perf_counter() - start))
-                print(f"    failed: {type(e).__name__}: {e}", file=sys.stderr)
-        parent.set_tags({"finished": sum(o.status == "finished" for o in outcomes),
-                         "skipped": sum(o.status == "skipped" for o in outcomes),
-                         "failed": sum(o.status == "failed" for o in outcomes)})
+            say = functools.partial(print, f"[{i}/{len(entries)}] {entry.cell.name}:",
+                                    file=sys.stderr, flush=True)
+            outcomes.append(_run_entry(entry.cell, data, store, parent, storage, suffix, say,
+                                       device=device, force=force, progress=progress,
+                                       tuning=tuning))
+        parent.set_tags({s: sum(o.status == s for o in outcomes) for s in STATUSES})
     return outcomes
+
+
+STATUSES = ("finished", "skipped", "failed", "helped", "elsewhere")
+LOST_TRIAL = "its worker died in the middle of this trial"
+
+
+def _run_entry(cell: Cell, data: Dataset, store: Store, parent: RunLog, storage, suffix: str,
+               say, *, device: torch.device, force: bool, progress: bool,
+               tuning: dict) -> Outcome:
+    from studies.claims import try_claim
+
+    if not force and (done := store.finished_metrics(cell.key)) is not None:
+        say("finished before, skipped")
+        return Outcome(cell, "skipped", done)
+    claim = try_claim(storage, cell.key + suffix)
+    if claim is None:  # another live worker has this cell
+        return _help(cell, data, store, storage, suffix, say, device, tuning)
+    parent.end_lost(claim.stale_runs, "its worker died before the cell finished")
+    if not force and (done := store.finished_metrics(cell.key)) is not None:
+        claim.release(True)  # its owner died after recording it, before saying so
+        return Outcome(cell, "skipped", done)
+    say(f"{cell.epochs} epochs" + (f", {cell.trials} trials" if cell.trials else "") + " ...")
+    start = time.perf_counter()
+    try:
+        with parent.child(cell.name, "cell") as run:
+            claim.publish(run.run_id)
+            metrics = run_cell(cell, data, run, device, progress, tuning)
+    except KeyboardInterrupt:
+        claim.release(False)
+        raise
+    except Exception as e:  # recorded FAILED on the run; the next cell still runs
+        claim.release(False)
+        say(f"failed: {type(e).__name__}: {e}")
+        return Outcome(cell, "failed", error=f"{type(e).__name__}: {e}",
+                       seconds=time.perf_counter() - start)
+    claim.release(True)
+    return Outcome(cell, "finished", metrics, seconds=time.perf_counter() - start)
+
+
+def _help(cell: Cell, data: Dataset, store: Store, storage, suffix: str, say,
+          device: torch.device, tuning: dict) -> Outcome:
+    """Run trials of a cell whose final training another worker owns, nested under its run."""
+    from studies import tune_cell
+    from studies.claims import published_run
+
+    run_id = published_run(storage, cell.key + suffix)
+    if not (cell.trials and tuning.get("enabled", True) and run_id):
+        say("another worker has it")
+        return Outcome(cell, "elsewhere")
+    say("another worker has it; helping with its trials")
+    start = time.perf_counter()
+    prep = prepare(cell, data, device)
+    kwargs = {k: v for k, v in tuning.items() if k != "enabled"}
+    run = store.run_log(run_id)
+    result = tune_cell(cell, prep.data, device, run, **kwargs)
+    run.end_lost(result.dead_runs, LOST_TRIAL)
+    return Outcome(cell, "helped", seconds=time.perf_counter() - start)
 
 
 def format_table(outcomes: list[Outcome]) -> str:

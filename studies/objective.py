@@ -28,6 +28,7 @@ from benchmark.data import Dataset
 from benchmark.data.augment import make_augment
 from benchmark.data.variants import TAIL_CLASSES, stratified_split
 from benchmark.train import Diverged, Split, build_model, fit
+from studies.claims import check_not_surplus
 from studies.space import SPACE, Param, suggest
 
 VALIDATION_FRACTION = 0.1  # of every class of the cell's training set (at least one image)
@@ -64,6 +65,7 @@ class Objective:
         self.cell, self.data, self.device, self.run, self.space = cell, data, device, run, space
 
     def __call__(self, trial: optuna.Trial) -> float:
+        check_not_surplus(trial, self.cell.trials)  # raises Surplus: nothing is trained
         params = suggest(trial, self.cell, self.space)
         tags = {"trial_number": trial.number, "study": trial.study.study_name}
         with self.run.child(f"trial {trial.number}", "trial", tags=tags) as log:

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 from urllib.parse import urlsplit
 
 DEFAULT_JOURNAL = Path("runs") / "optuna.journal"
+HEARTBEAT_S = int(os.environ.get("TAILBENCH_HEARTBEAT", "10"))  # seconds between heartbeats
+GRACE_S = 3 * HEARTBEAT_S  # a trial with no heartbeat for this long is taken as dead
 ENV = "TAILBENCH_STORAGE"  # like MLFLOW_TRACKING_URI for the tracking store
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")  # SQLAlchemy dialects, "+driver" allowed
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -86,6 +89,16 @@ def _make_parent(path: Path, url: str) -> None:
                          f"{path.parent} ({e.strerror}); choose a writable place") from None
 
 
+def _retry_stale():
+    """Optuna's callback that queues a dead worker's trial again (experimental in Optuna 5:
+    its warning is silenced here rather than shown to every user at every start)."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+
+
 def open_storage(storage: str | Path | None = None):
     """An Optuna storage object for `storage` (see the module docstring), folders created."""
     import optuna
@@ -99,7 +112,13 @@ def open_storage(storage: str | Path | None = None):
     if url.startswith("sqlite"):
         _make_parent(Path(url.split(":///", 1)[1]), url)
     try:
-        return optuna.storages.RDBStorage(url)
+        # heartbeats let a worker that died (kill -9, a lost machine) be found out: its trial
+        # is failed after the grace period and retried with the same parameters
+        with warnings.catch_warnings():  # heartbeat_interval is "experimental" since v2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=_retry_stale())
     except Exception as e:  # sqlalchemy's connection and driver errors
         first = masked(str(e).splitlines()[0]) if str(e) else ""
         raise ValueError(f"Optuna storage {masked(url)} cannot be opened: {type(e).__name__}: "

@@ -18,6 +18,7 @@ waits for two of them, and waits out the first third of the epochs.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import torch
 
 from benchmark.cells import Cell
 from benchmark.data import Dataset
+from studies.claims import Surplus, fail_dead_trials, is_live, wait_for_running
 from studies.objective import Objective, tuning_data
 from studies.space import SPACE, Param, check_space, searched, starting_point
 from studies.storage import masked, open_storage, storage_url
@@ -49,6 +51,7 @@ class TuneResult:
     summary: StudySummary
     study_name: str
     storage: str
+    dead_runs: list[str] = dataclasses.field(default_factory=list)  # trial runs of dead workers
 
 
 def study_name(cell: Cell) -> str:
@@ -101,12 +104,45 @@ def tune_cell(cell: Cell, data: Dataset, device: torch.device, run, *,
     if not study.get_trials(deepcopy=False):
         # the cell's own values first: tuning can then only improve on them (on validation)
         study.enqueue_trial(starting_point(cell, space), skip_if_exists=True)
-    remaining = cell.trials - _finished(study)
-    if remaining > 0:
-        objective = Objective(cell, tuning_data(data, cell.seed, device), device, run, space)
-        study.optimize(objective, n_trials=remaining, timeout=timeout, n_jobs=jobs,
-                       callbacks=[optuna.study.MaxTrialsCallback(cell.trials, states=FINISHED)])
-    return _result(study, searched(cell, space), cell.seed, url)
+    dead = _optimize(study, cell, data, device, run, space, timeout, jobs)
+    result = _result(study, searched(cell, space), cell.seed, url)
+    result.dead_runs = [t.user_attrs["mlflow_run_id"] for t in dead
+                        if "mlflow_run_id" in t.user_attrs]
+    return result
+
+
+def _optimize(study: optuna.Study, cell: Cell, data: Dataset, device: torch.device, run,
+              space: tuple[Param, ...], timeout: float | None, jobs: int) -> list:
+    """Run trials until the study holds `cell.trials` finished ones, whichever worker runs
+    them: other workers' trials under way count, and when one of them dies (its trial is
+    failed and queued again) this loop takes up the slack. Returns the dead workers' trials."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    dead = fail_dead_trials(study, retry=True)  # left RUNNING by a worker that was killed
+    objective = None
+    while (remaining := cell.trials - _finished(study)) > 0:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
+        objective = objective or Objective(cell, tuning_data(data, cell.seed, device), device,
+                                           run, space)
+        study.optimize(objective, n_trials=remaining, timeout=left, n_jobs=jobs,
+                       catch=(Surplus,), callbacks=[
+                           _stop_when_enough(cell.trials),
+                           lambda study, _: dead.extend(fail_dead_trials(study, retry=True))])
+        # other workers' trials of this study count toward the best: wait for them
+        dead.extend(wait_for_running(study))
+    return dead
+
+
+def _stop_when_enough(wanted: int):
+    """Stop this worker's loop once finished trials plus live running ones make `wanted`,
+    so it does not ask for trials that other workers are already running."""
+    def callback(study: optuna.Study, _trial) -> None:
+        trials = study.get_trials(deepcopy=False)
+        if sum(t.state in FINISHED or is_live(t) for t in trials) >= wanted:
+            study.stop()
+
+    return callback
 
 
 def _result(study: optuna.Study, space: list[Param], seed: int, url: str) -> TuneResult:

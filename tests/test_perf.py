@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from functools import partial
 
 import pytest
@@ -35,11 +36,14 @@ def test_alternate_runs_a_b_a_b_and_drops_the_warmup():
     assert len(ta) == len(tb) == 2 and all(t >= 0 for t in ta + tb)
 
 
+@pytest.mark.slow
 def test_every_comparison_returns_a_row(ctx):
     rows = [compare(ctx) for compare in perf.COMPARISONS]
     assert len(rows) == len(perf.COMPARISONS) and len({r.measure for r in rows}) == len(rows)
     for r in rows:
         assert r.tailbench > 0 and r.baseline > 0
+        assert len(r.runs) == ctx.reps
+        assert r.tailbench == statistics.median(a for a, _ in r.runs)
         assert r.ratio == pytest.approx(r.tailbench / r.baseline)
         assert r.met is None if r.target is None else r.met == (r.ratio >= r.target)
     units = {r.measure: r.unit for r in rows}
@@ -79,7 +83,7 @@ def test_perf_command_writes_the_json(tmp_path, monkeypatch, capsys, ctx):
     assert [r["measure"] for r in result["rows"]] == [
         "cnn training epoch", "flip+noise data pipeline", "cnn training vs matmul"]
     assert set(result["rows"][0]) == {"measure", "unit", "tailbench", "baseline", "ratio",
-                                      "target", "percent", "note", "met"}
+                                      "target", "percent", "note", "runs", "met"}
     assert "flip+noise data pipeline" in capsys.readouterr().out
 
 

@@ -40,8 +40,9 @@ def store(db, request):
 
 
 def run(store, data, cells=CELLS, **kw):
+    journal = store.uri.removeprefix("sqlite:///").replace("mlflow.db", "optuna.journal")
     return runner.run_grid([GridEntry(c, {}) for c in cells], data, store,
-                           device=torch.device("cpu"), **kw)
+                           device=torch.device("cpu"), tuning={"storage": journal}, **kw)
 
 
 def cell_runs(store):

@@ -85,6 +85,13 @@ class RunLog:
     def end(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status=status, end_time=_now())
 
+    def end_lost(self, run_ids: list[str], reason: str) -> None:
+        """End runs that a dead worker left RUNNING as FAILED, with the reason."""
+        for run_id in run_ids:
+            if self.client.get_run(run_id).info.status == "RUNNING":
+                RunLog(self.client, run_id, self.experiment_id).set_tags({"error": reason})
+                self.client.set_terminated(run_id, status="FAILED", end_time=_now())
+
     @contextmanager
     def child(self, name: str, kind: str, tags: dict[str, object] | None = None
               ) -> Iterator[RunLog]:
@@ -166,6 +173,17 @@ class Store:
             [self.experiment_id],
             f"tags.{KIND} = 'cell' and attributes.status = 'FINISHED'", max_results=50000)
         return {r.data.tags.get("cell_key"): r.data.metrics for r in runs}
+
+    def finished_metrics(self, key: str) -> dict[str, float] | None:
+        """The final metrics of the FINISHED cell run with this key, or None if there is none."""
+        runs = self.client.search_runs(
+            [self.experiment_id], f"tags.{KIND} = 'cell' and tags.cell_key = '{key}' and "
+            "attributes.status = 'FINISHED'", max_results=1)
+        return runs[0].data.metrics if runs else None
+
+    def run_log(self, run_id: str) -> RunLog:
+        """An existing run (another worker's cell run, to nest trials under)."""
+        return RunLog(self.client, run_id, self.experiment_id)
 
     @contextmanager
     def invocation(self, name: str, tags: dict[str, object]) -> Iterator[RunLog]:
