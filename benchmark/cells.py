@@ -129,15 +129,25 @@ def load_profile(name: str, path: Path = GRID_DIR / "profiles.toml") -> dict:
     profiles = _read_toml(path)
     if name not in profiles:
         raise GridError(f"{path}: unknown profile {name!r}; choose one of {', '.join(profiles)}")
+    unknown = set(profiles[name]) - set(CELL_FIELDS)
+    if unknown:
+        raise GridError(f"{path}: [{name}] has unknown field(s) {', '.join(sorted(unknown))}; "
+                        f"a profile sets Cell fields: {', '.join(CELL_FIELDS)}")
     return profiles[name]
 
 
 def apply_profile(cell: Cell, name: str, profile: dict) -> Cell:
-    """The cell as a profile scales it: epochs per model, data limits, trials, batch size."""
-    changes = {k: v for k, v in profile.items() if k in CELL_FIELDS and k != "epochs"}
-    epochs = profile.get("epochs", {})
-    if isinstance(epochs, dict) and cell.model in epochs:
-        changes["epochs"] = min(cell.epochs, epochs[cell.model])
+    """The cell as a profile scales it. A value is for every cell, or a table by model
+    (`epochs = { cnn = 6 }`); `epochs` caps the grid's epochs rather than replacing them."""
+    changes = {}
+    for key, value in profile.items():
+        if key not in CELL_FIELDS:
+            continue
+        if isinstance(value, dict):
+            if cell.model not in value:
+                continue
+            value = value[cell.model]
+        changes[key] = min(cell.epochs, value) if key == "epochs" else value
     return dataclasses.replace(cell, profile=name, **changes)
 
 

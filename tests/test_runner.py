@@ -140,10 +140,11 @@ def test_cli_refuses_a_bad_grid_before_loading_any_data(tmp_path, monkeypatch, c
     assert not (tmp_path / "m.db").exists()
 
 
-def test_cli_refuses_a_malformed_tracking_uri_before_reading_data(monkeypatch, capsys):
+def test_cli_refuses_a_malformed_tracking_uri_before_reading_data(tmp_path, monkeypatch,
+                                                                  capsys):
     import benchmark.data as data_pkg
 
     monkeypatch.setattr(data_pkg, "load_dataset", lambda *a, **k: pytest.fail("data was read"))
     code = main(["run", "--model", "cnn", "--no-tune", "--dataset", "fashion-mnist",
-                 "--tracking-uri", "not-a-uri"])
+                 "--tracking-uri", "not-a-uri", "--storage", str(tmp_path / "optuna.journal")])
     assert code == 2 and "not-a-uri" in capsys.readouterr().err
