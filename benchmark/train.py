@@ -76,7 +76,7 @@ def _autocast(device: torch.device):
 
 
 def _to_float(xb: torch.Tensor) -> torch.Tensor:
-    return xb.float().div_(255)  # (B, 3, 32, 32) in [0, 1]
+    return torch.div(xb, 255)  # (B, 3, 32, 32) uint8 -> float in [0, 1], in one pass
 
 
 def _like_model(xb: torch.Tensor, model: nn.Module) -> torch.Tensor:
@@ -85,6 +85,14 @@ def _like_model(xb: torch.Tensor, model: nn.Module) -> torch.Tensor:
     if first.dim() == 4 and first.is_contiguous(memory_format=torch.channels_last):
         return xb.contiguous(memory_format=torch.channels_last)
     return xb
+
+
+def make_batch(x: torch.Tensor, synthetic: torch.Tensor, augment: NoAugment,
+               gen: torch.Generator, model: nn.Module) -> torch.Tensor:
+    """The model's input for stored uint8 images `x` (B, 3, 32, 32): scaled to [0, 1],
+    augmented where `synthetic`, in the model's memory format. Training and `make perf` both
+    build their batches here."""
+    return _like_model(augment.apply(_to_float(x), synthetic, gen), model)
 
 
 def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, data: Split,
@@ -101,7 +109,7 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, data: Split,
                       unit="batch"):
         pick = order[start:start + batch_size]
         idx, synthetic = plan.index[pick], plan.synthetic[pick]
-        xb = _like_model(augment.apply(_to_float(data.x[idx]), synthetic, gen), model)
+        xb = make_batch(data.x[idx], synthetic, augment, gen, model)
         yb = data.y[idx]
         with _autocast(device):
             out = model(xb)

@@ -37,9 +37,14 @@ def test_alternate_runs_a_b_a_b_and_drops_the_warmup():
 
 
 @pytest.mark.slow
+CELLS = (perf.tracking_overhead, perf.pruning_saving)  # whole cells: tested on their own below
+
+
 def test_every_comparison_returns_a_row(ctx):
-    rows = [compare(ctx) for compare in perf.COMPARISONS]
-    assert len(rows) == len(perf.COMPARISONS) and len({r.measure for r in rows}) == len(rows)
+    timed = [compare for compare in perf.COMPARISONS if compare not in CELLS]
+    rows = [compare(ctx) for compare in timed]
+    assert len(rows) == len(timed) == len(perf.COMPARISONS) - 2
+    assert len({r.measure for r in rows}) == len(rows)
     for r in rows:
         assert r.tailbench > 0 and r.baseline > 0
         assert len(r.runs) == ctx.reps
@@ -83,7 +88,7 @@ def test_perf_command_writes_the_json(tmp_path, monkeypatch, capsys, ctx):
     assert [r["measure"] for r in result["rows"]] == [
         "cnn training epoch", "flip+noise data pipeline", "cnn training vs matmul"]
     assert set(result["rows"][0]) == {"measure", "unit", "tailbench", "baseline", "ratio",
-                                      "target", "percent", "note", "runs", "met"}
+                                      "target", "percent", "note", "runs", "met", "upper"}
     assert "flip+noise data pipeline" in capsys.readouterr().out
 
 
@@ -92,3 +97,13 @@ def test_bad_reps_is_an_error_a_user_can_act_on(ctx, monkeypatch):
     args = argparse.Namespace(device="cpu", reps=0, out="unused.json", quick=True)
     with pytest.raises(ValueError, match="--reps"):
         perf.run(args)
+
+
+def test_whole_cell_comparisons_time_tracking_and_count_pruned_epochs(ctx):
+    overhead = perf.tracking_overhead(ctx)
+    assert overhead.upper and overhead.target == 1.03
+    assert overhead.tailbench > 0 and overhead.baseline > 0 and len(overhead.runs) == ctx.reps
+    assert overhead.met == (overhead.ratio <= 1.03)
+    saving = perf.pruning_saving(ctx)
+    assert 0 < saving.tailbench <= saving.baseline == 3  # 3 trials of 1 epoch in --quick
+    assert saving.ratio == saving.tailbench / saving.baseline
