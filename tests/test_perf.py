@@ -36,10 +36,10 @@ def test_alternate_runs_a_b_a_b_and_drops_the_warmup():
     assert len(ta) == len(tb) == 2 and all(t >= 0 for t in ta + tb)
 
 
-@pytest.mark.slow
 CELLS = (perf.tracking_overhead, perf.pruning_saving)  # whole cells: tested on their own below
 
 
+@pytest.mark.slow
 def test_every_comparison_returns_a_row(ctx):
     timed = [compare for compare in perf.COMPARISONS if compare not in CELLS]
     rows = [compare(ctx) for compare in timed]
