@@ -17,14 +17,14 @@ from benchmark.cells import Cell, GridEntry
 from benchmark.data import Dataset
 from benchmark.data.augment import NoAugment, make_augment
 from benchmark.data.variants import TAIL_CLASSES, class_counts, make_variant
-from benchmark.train import Split, build_model, evaluate, fit
+from benchmark.train import Diverged, Split, build_model, evaluate, fit
 from tracking.store import RunLog, Store, tag_json
 
 
 @dataclass
 class Outcome:
     cell: Cell
-    status: str  # "finished", "skipped" or "failed"
+    status: str  # one of STATUSES
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
     seconds: float = 0.0
@@ -41,15 +41,14 @@ class Prepared:
     counts: list[int]
 
 
-def prepare(cell: Cell, data: Dataset, device: torch.device, sigma: float | None = None
-            ) -> Prepared:
+def prepare(cell: Cell, data: Dataset, device: torch.device) -> Prepared:
     """Limit (stratified) -> variant (long-tail cut) -> oversampler, all from the cell's seed."""
     if cell.train_limit or cell.test_limit:
         data = data.limit(cell.train_limit or None, cell.test_limit or None, seed=cell.seed)
     data = make_variant(data, cell.variant, cell.seed, TAIL_CLASSES, cell.tail_fraction)
     train = Split(data.train_x.to(device), data.train_y.to(device))
     augment = make_augment(cell.augment, train.y, tail_classes=TAIL_CLASSES,
-                           sigma=cell.sigma if sigma is None else sigma,
+                           sigma=cell.sigma,
                            num_classes=data.num_classes)
     return Prepared(data, train, Split(data.test_x.to(device), data.test_y.to(device)), augment,
                     class_counts(data.train_y, data.num_classes))
@@ -70,11 +69,13 @@ def _record_inputs(run: RunLog, cell: Cell, prep: Prepared, device: torch.device
     run.log_dataset(d.source, d.digest, d.path, "test", {"test_images": str(len(prep.test.y))})
 
 
-def _tune(cell: Cell, prep: Prepared, run: RunLog, device: torch.device, tuning: dict) -> Cell:
-    """The cell with its tuned lr (and sigma), when it asks for trials; the study's summary
-    and figures go on the cell run."""
+def _tune(cell: Cell, prep: Prepared, run: RunLog, device: torch.device,
+          tuning: dict) -> list[Cell]:
+    """The cell with its searched fields tuned (lr, sigma), and after it the cell as the
+    runners-up tuned it, best first; just the cell when it asks for no trials. The study's
+    summary and figures go on the cell run."""
     if not cell.trials or not tuning.get("enabled", True):
-        return cell
+        return [cell]
     from studies import tune_cell
 
     result = tune_cell(cell, prep.data, device, run, **{k: v for k, v in tuning.items()
@@ -88,7 +89,35 @@ def _tune(cell: Cell, prep: Prepared, run: RunLog, device: torch.device, tuning:
     with tempfile.TemporaryDirectory() as tmp:  # the figures live only until they are logged
         if write_study_figures(result.summary, Path(tmp)):
             run.log_artifacts(Path(tmp), "optuna")
-    return dataclasses.replace(cell, **result.best)
+    return [dataclasses.replace(cell, **params) for params in result.ranked] or [cell]
+
+
+FINAL_TRIES = 3  # tuned parameters, then the runners-up, when a final fit diverges
+
+
+def _final_fit(cell: Cell, candidates: list[Cell], data: Dataset, prep: Prepared, run: RunLog,
+               device: torch.device, progress: bool):
+    """Train on the whole training set with the best parameters. The best are often near the
+    learning rate where training breaks, and the whole set is not the tuning split: when the
+    loss goes NaN, the next best trial's parameters are tried (the run's tags say so)."""
+    built_for = cell  # the cell `prep` was made for: a tuned sigma needs a new oversampler
+    for attempt, tuned in enumerate(candidates[:FINAL_TRIES], 1):
+        if tuned != built_for:
+            prep, built_for = prepare(tuned, data, device), tuned
+        model = build_model(tuned.model, data.num_classes, tuned.seed, device)
+        try:
+            history = fit(model, prep.train, prep.test, epochs=tuned.epochs,
+                          batch_size=tuned.batch_size, lr=tuned.lr, seed=tuned.seed,
+                          augment=prep.augment, progress=progress)
+        except Diverged as e:
+            run.set_tags({f"final_diverged_{attempt}": f"lr {tuned.lr:.4g}: {e}"})
+            if attempt == min(len(candidates), FINAL_TRIES):
+                raise
+            continue
+        run.log_params({"final_lr": tuned.lr, "final_sigma": tuned.sigma,
+                        "final_attempt": attempt})
+        return tuned, prep, model, history
+    raise AssertionError("no candidates")  # unreachable: candidates is never empty
 
 
 def run_cell(cell: Cell, data: Dataset, run: RunLog, device: torch.device,
@@ -98,18 +127,12 @@ def run_cell(cell: Cell, data: Dataset, run: RunLog, device: torch.device,
 
     prep = prepare(cell, data, device)
     _record_inputs(run, cell, prep, device)
-    tuned = _tune(cell, prep, run, device, tuning or {})  # the cell, its searched fields tuned
-    if tuned != cell:
-        prep = prepare(tuned, data, device)
-    model = build_model(tuned.model, data.num_classes, tuned.seed, device)
-
-    def log_epoch(epoch: int, m: dict[str, float]) -> None:
-        run.log_metrics({k if k != "seconds" else "epoch_seconds": v for k, v in m.items()},
-                        step=epoch)
-
-    history = fit(model, prep.train, prep.test, epochs=tuned.epochs, batch_size=tuned.batch_size,
-                  lr=tuned.lr, seed=tuned.seed, augment=prep.augment, callback=log_epoch,
-                  progress=progress)
+    candidates = _tune(cell, prep, run, device, tuning or {})
+    tuned, prep, model, history = _final_fit(cell, candidates, data, prep, run, device,
+                                             progress)
+    # the curves in one call, once a fit went through (a diverged attempt leaves none)
+    run.log_curves([{k if k != "seconds" else "epoch_seconds": v for k, v in m.items()}
+                    for m in history])
     final = evaluate(model, prep.test, tuned.batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         scalars = write_cell_artifacts(

@@ -53,6 +53,12 @@ class TuneResult:
     storage: str
     dead_runs: list[str] = dataclasses.field(default_factory=list)  # trial runs of dead workers
 
+    @property
+    def ranked(self) -> list[dict[str, float]]:
+        """The parameters of every complete trial, best first (`best` is the first)."""
+        done = [t for t in self.summary.trials if t.state == "COMPLETE" and t.value is not None]
+        return [dict(t.params) for t in sorted(done, key=lambda t: -t.value)]
+
 
 def study_name(cell: Cell) -> str:
     """The cell's name and the key of everything that defines its problem (not its budget)."""

@@ -148,3 +148,27 @@ def test_cli_refuses_a_malformed_tracking_uri_before_reading_data(tmp_path, monk
     code = main(["run", "--model", "cnn", "--no-tune", "--dataset", "fashion-mnist",
                  "--tracking-uri", "not-a-uri", "--storage", str(tmp_path / "optuna.journal")])
     assert code == 2 and "not-a-uri" in capsys.readouterr().err
+
+
+def test_a_diverging_final_fit_falls_back_to_the_runner_up(store, data, monkeypatch):
+    import dataclasses
+
+    from benchmark.train import Diverged
+
+    cell = CELLS[0]
+    ranked = [dataclasses.replace(cell, lr=99.0), dataclasses.replace(cell, lr=0.05)]
+    monkeypatch.setattr(runner, "_tune", lambda *a, **k: ranked)
+    real_fit = runner.fit
+
+    def fit(*args, lr, **kw):
+        if lr == 99.0:
+            raise Diverged(1, float("nan"))
+        return real_fit(*args, lr=lr, **kw)
+
+    monkeypatch.setattr(runner, "fit", fit)
+    assert [o.status for o in run(store, data, cells=[cell])] == ["finished"]
+    row = cell_runs(store).iloc[0]
+    assert row["params.final_lr"] == "0.05" and row["params.final_attempt"] == "2"
+    assert "lr 99" in row["tags.final_diverged_1"]
+    history = mlflow.MlflowClient(store.uri).get_metric_history(row["run_id"], "train_loss")
+    assert [m.step for m in history] == [1, 2]  # only the fit that went through

@@ -59,6 +59,14 @@ class RunLog:
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), t, step)
                                                     for k, v in metrics.items()])
 
+    def log_curves(self, history: list[dict[str, float]]) -> None:
+        """Per-epoch metrics (epoch i+1 = history[i]) in as few calls as MLflow allows."""
+        t = _now()
+        metrics = [Metric(k, float(v), t, epoch) for epoch, m in enumerate(history, 1)
+                   for k, v in m.items()]
+        for start in range(0, len(metrics), 1000):  # MLflow takes 1000 metrics a batch
+            self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
+
     def set_tags(self, tags: dict[str, object]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
@@ -109,8 +117,8 @@ class NullRunLog:
     run_id = "untracked"
 
     def __getattr__(self, name: str):
-        if name in {"log_params", "log_metrics", "set_tags", "log_dataset", "log_artifacts",
-                    "log_state_dict", "end", "end_lost"}:
+        if name in {"log_params", "log_metrics", "log_curves", "set_tags", "log_dataset",
+                    "log_artifacts", "log_state_dict", "end", "end_lost"}:
             return lambda *args, **kwargs: None
         raise AttributeError(name)
 
