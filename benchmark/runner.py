@@ -185,7 +185,7 @@ def _run_entry(cell: Cell, data: Dataset, store: Store, parent: RunLog, storage,
     if not force and (done := store.finished_metrics(cell.key)) is not None:
         say("finished before, skipped")
         return Outcome(cell, "skipped", done)
-    claim = try_claim(storage, cell.key + suffix)
+    claim = try_claim(storage, _claim_name(cell) + suffix)
     if claim is None:  # another live worker has this cell
         return _help(cell, data, store, storage, suffix, say, device, tuning)
     parent.end_lost(claim.stale_runs, "its worker died before the cell finished")
@@ -210,13 +210,17 @@ def _run_entry(cell: Cell, data: Dataset, store: Store, parent: RunLog, storage,
     return Outcome(cell, "finished", metrics, seconds=time.perf_counter() - start)
 
 
+def _claim_name(cell: Cell) -> str:
+    return f"{cell.name} [{cell.key}]"  # the cell's whole key: its trial budget included
+
+
 def _help(cell: Cell, data: Dataset, store: Store, storage, suffix: str, say,
           device: torch.device, tuning: dict) -> Outcome:
     """Run trials of a cell whose final training another worker owns, nested under its run."""
     from studies import tune_cell
     from studies.claims import published_run
 
-    run_id = published_run(storage, cell.key + suffix)
+    run_id = published_run(storage, _claim_name(cell) + suffix)
     if not (cell.trials and tuning.get("enabled", True) and run_id):
         say("another worker has it")
         return Outcome(cell, "elsewhere")

@@ -131,7 +131,8 @@ class Claim:
 
 
 def claim_study(storage, name: str) -> optuna.Study:
-    return optuna.create_study(storage=storage, study_name=f"claim: {name}", load_if_exists=True)
+    return optuna.create_study(storage=storage, study_name=f"{name} · final-training claim",
+                               load_if_exists=True)
 
 
 def try_claim(storage, name: str) -> Claim | None:

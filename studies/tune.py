@@ -85,6 +85,8 @@ def _open_study(cell: Cell, storage, pruner) -> optuna.Study:
     name = study_name(cell)
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
                                 load_if_exists=True)
+    if not study.metric_names:  # optuna-dashboard's axis label, instead of "Objective 0"
+        study.set_metric_names([OBJECTIVE])
     so_far = len(study.get_trials(deepcopy=False))
     return optuna.load_study(study_name=name, storage=storage,
                              sampler=make_sampler(cell, so_far),

@@ -21,6 +21,8 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 
 DEFAULT_URI = "sqlite:///runs/mlflow.db"
 KIND = "tailbench_kind"  # tag: "invocation", "cell" or "trial"
+# MLflow 3's UI opens an experiment on its GenAI (traces) pages unless told it trains models
+KIND_TAG = {"mlflow.experimentKind": "custom_model_development"}
 
 
 class TrackingError(ValueError):
@@ -178,9 +180,11 @@ class Store:
         try:
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
-                return self.client.create_experiment(name, self._artifact_location())
+                return self.client.create_experiment(name, self._artifact_location(), tags=KIND_TAG)
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
+            if exp.tags.get("mlflow.experimentKind") != KIND_TAG["mlflow.experimentKind"]:
+                self.client.set_experiment_tag(exp.experiment_id, *next(iter(KIND_TAG.items())))
             return exp.experiment_id
         except MlflowException as e:
             raise TrackingError(f"tracking store {self.uri} cannot be used: {e.message}. "
