@@ -216,8 +216,10 @@ def _spawn_workers(args: argparse.Namespace, n: int, store, entries, device) -> 
            "--force-nonce", uuid.uuid4().hex]
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     print(f"tailbench: {n} workers" + (f" on {gpus} GPUs" if gpus else ""), file=sys.stderr)
-    procs = [subprocess.Popen(cmd, env=os.environ | ({"CUDA_VISIBLE_DEVICES": str(i % gpus)}
-                                                     if gpus else {})) for i in range(n)]
+    # on the CPU the workers share its cores: n processes of all-core torch would thrash
+    threads = {} if gpus else {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // n))}
+    procs = [subprocess.Popen(cmd, env=os.environ | threads | (
+        {"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus else {})) for i in range(n)]
     try:
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:  # the workers got the same Ctrl-C; let them end their runs
