@@ -44,13 +44,14 @@ def services():
                         "MLFLOW_PORT": str(free_port()),
                         "VENV": str(Path(sys.executable).parent.parent)}
     script = str(ROOT / "tracking" / "services.sh")
-    started = subprocess.run([script, "start"], env=env, capture_output=True, text=True,
-                             timeout=240)
-    assert started.returncode == 0, started.stdout + started.stderr
-    exported = dict(line.removeprefix("export ").split("=", 1)
-                    for line in (folder / "env").read_text().splitlines())
-    yield exported
-    subprocess.run([script, "stop"], env=env, capture_output=True, timeout=60)
+    try:  # stopped even when starting failed half-way (PostgreSQL up, MLflow not)
+        started = subprocess.run([script, "start"], env=env, capture_output=True, text=True,
+                                 timeout=240)
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield dict(line.removeprefix("export ").split("=", 1)
+                   for line in (folder / "env").read_text().splitlines())
+    finally:
+        subprocess.run([script, "stop"], env=env, capture_output=True, timeout=60)
 
 
 @pytest.fixture(scope="module")
