@@ -13,7 +13,7 @@ from pathlib import Path
 
 from benchmark.cells import Cell
 from benchmark.perf import Context, Row, alternate, paired
-from benchmark.runner import prepare, run_cell
+from benchmark.runner import cut, run_cell
 from tracking.store import NullRunLog, Store
 
 TRACKING_TARGET = 1.03  # a tracked cell may take at most 3% longer
@@ -52,8 +52,7 @@ def pruning_saving(ctx: Context) -> Row:
 
     cell = _cell(ctx, epochs=4, train_limit=2000, trials=6 if ctx.sizes["batch"] >= 256 else 3)
     with tempfile.TemporaryDirectory() as tmp:
-        prep = prepare(cell, ctx.data, ctx.device)
-        result = tune_cell(cell, prep.data, ctx.device, NullRunLog(),
+        result = tune_cell(cell, cut(cell, ctx.data), ctx.device, NullRunLog(),
                            storage=str(Path(tmp) / "optuna.journal"))
     full = cell.trials * cell.epochs
     return Row("pruning: epochs trained", "epochs", result.epochs_trained, full,

@@ -41,11 +41,16 @@ class Prepared:
     counts: list[int]
 
 
-def prepare(cell: Cell, data: Dataset, device: torch.device) -> Prepared:
-    """Limit (stratified) -> variant (long-tail cut) -> oversampler, all from the cell's seed."""
+def cut(cell: Cell, data: Dataset) -> Dataset:
+    """Limit (stratified) -> variant (long-tail cut), from the cell's seed; on the CPU."""
     if cell.train_limit or cell.test_limit:
         data = data.limit(cell.train_limit or None, cell.test_limit or None, seed=cell.seed)
-    data = make_variant(data, cell.variant, cell.seed, TAIL_CLASSES, cell.tail_fraction)
+    return make_variant(data, cell.variant, cell.seed, TAIL_CLASSES, cell.tail_fraction)
+
+
+def prepare(cell: Cell, data: Dataset, device: torch.device) -> Prepared:
+    """The cell's cut data on the device, with its oversampler."""
+    data = cut(cell, data)
     train = Split(data.train_x.to(device), data.train_y.to(device))
     augment = make_augment(cell.augment, train.y, tail_classes=TAIL_CLASSES,
                            sigma=cell.sigma,
@@ -226,10 +231,9 @@ def _help(cell: Cell, data: Dataset, store: Store, storage, suffix: str, say,
         return Outcome(cell, "elsewhere")
     say("another worker has it; helping with its trials")
     start = time.perf_counter()
-    prep = prepare(cell, data, device)
     kwargs = {k: v for k, v in tuning.items() if k != "enabled"}
     run = store.run_log(run_id)
-    result = tune_cell(cell, prep.data, device, run, **kwargs)
+    result = tune_cell(cell, cut(cell, data), device, run, **kwargs)
     run.end_lost(result.dead_runs, LOST_TRIAL)
     return Outcome(cell, "helped", seconds=time.perf_counter() - start)
 
