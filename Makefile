@@ -11,7 +11,7 @@ OPTUNA_STORAGE ?= $(STORE)/optuna.journal
 PORT    ?= 5000
 DASHBOARD_PORT ?= 8080
 
-.PHONY: install test test-fast benchmark report ui dashboard perf services services-stop lint clean
+.PHONY: install test test-fast benchmark report results ui dashboard perf services services-stop lint clean
 
 install: $(VENV)
 
@@ -48,6 +48,10 @@ benchmark: install
 
 report: install
 	.venv/bin/tailbench report --grid $(GRID) --profile $(PROFILE) --dataset $(DATASET) \
+	  --tracking-uri $(MLFLOW_URI) $(ARGS)
+
+results: install
+	.venv/bin/tailbench results --grid $(GRID) --profile $(PROFILE) --dataset $(DATASET) \
 	  --tracking-uri $(MLFLOW_URI) $(ARGS)
 
 ui: install

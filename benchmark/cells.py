@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import tomllib
 
 from benchmark.data.augment import AUGMENTS
@@ -15,6 +16,8 @@ from benchmark.data.variants import VARIANTS
 from benchmark.models import MODELS
 
 GRID_DIR = Path(__file__).parent / "grids"
+KEY_LAYOUT = 2  # 2: a cell run holds repetitions; keys of layout 1 (one fit per run) differ
+REPETITION_FIELDS = {"seeds"}  # how many repetitions: not part of the cell's key
 
 
 class GridError(ValueError):
@@ -38,13 +41,27 @@ class Cell:
     train_limit: int = 0  # stratified subset of the training set before the cut; 0 = all
     test_limit: int = 0  # stratified subset of the test set; 0 = all
     trials: int = 0  # Optuna trials tuning lr (and sigma); 0 = the fixed lr and sigma
-    seed: int = 0
+    seed: int = 0  # the cell's base seed; repetition r trains with repetition_seed(r)
+    seeds: int = 1  # repetitions: trainings of the tuned parameters, each with its own seed
 
     @property
     def key(self) -> str:
-        """A stable hash of every field: the MLflow tag that lets a re-run skip finished work."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """A stable hash of every field but `seeds`: the MLflow tag that lets a re-run skip
+        finished work. Asking for more repetitions keeps the key, so `--seeds 5` after 3 trains
+        repetitions 3 and 4 of the same cell."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in REPETITION_FIELDS}
+        blob = json.dumps({"layout": KEY_LAYOUT, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def repetition_seed(self, repetition: int) -> int:
+        """The seed of every random draw of repetition r: the training subsample, the long-tail
+        cut, the validation split, the initial weights, the batch order and the oversampling.
+        Derived with numpy's SeedSequence from (seed, r), so repetitions of a cell, and cells
+        of different base seeds, never share a stream. (The test subsample is drawn from
+        `seed` alone: every repetition is scored on the same test images.)"""
+        if repetition < 0:
+            raise ValueError(f"repetition must be >= 0, got {repetition}")
+        return int(np.random.SeedSequence([self.seed, repetition]).generate_state(1)[0])
 
     @property
     def name(self) -> str:
@@ -97,8 +114,9 @@ def _check_entry(raw: dict, where: str) -> None:
                 continue
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise GridError(f"{where}: {name} must be {kind.__name__}, got {value!r}")
-    if raw["epochs"] < 1:
-        raise GridError(f"{where}: epochs must be at least 1, got {raw['epochs']}")
+    for name in ("epochs", "seeds"):
+        if raw.get(name, 1) < 1:
+            raise GridError(f"{where}: {name} must be at least 1, got {raw[name]}")
 
 
 def grid_path(name: str) -> Path:

@@ -88,14 +88,17 @@ def _trial_args(p: argparse.ArgumentParser):
                    help="Optuna trials per cell (default: the profile's)")
     t.add_argument("--no-tune", action="store_true",
                    help="the reference's fixed hyperparameters (lr 0.01, sigma 0.05), no study")
+    p.add_argument("--seeds", type=_number(int, 1), default=None,
+                   help="repetitions per cell, each with its own seed (default: the profile's); "
+                        "more than before adds the missing ones")
     return t
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
-    """Cell fields the command line sets; they are part of each cell's key."""
-    if args.no_tune:
-        return {"trials": 0}
-    return {"trials": args.trials} if args.trials is not None else {}
+    """Cell fields the command line sets (trials is part of each cell's key, seeds is not)."""
+    out: dict[str, object] = {"trials": 0} if args.no_tune else (
+        {"trials": args.trials} if args.trials is not None else {})
+    return out | ({"seeds": args.seeds} if args.seeds is not None else {})
 
 
 def _run_parser(sub) -> None:
@@ -156,7 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_here(args: argparse.Namespace, store, entries, device, source: str) -> int:
     from benchmark.data import load_dataset
-    from benchmark.runner import format_table, run_grid
+    from benchmark.runner import run_grid
 
     data = load_dataset(source, args.data_dir)
     print(f"tailbench: {len(entries)} cells of grid {args.grid!r} ({args.profile}) on "
@@ -169,23 +172,26 @@ def _run_here(args: argparse.Namespace, store, entries, device, source: str) -> 
     failed = [o for o in outcomes if o.status == "failed"]
     if args.worker:  # the process that spawned it prints the table and writes the report
         return 1 if failed else 0
-    print(format_table(outcomes))
-    if not args.no_report:
-        _write_report(store, entries)
+    _finish(store, entries, report=not args.no_report)
     for o in failed:
         print(f"FAILED {o.cell.name}: {o.error}", file=sys.stderr)
     return 1 if failed else 0
 
 
 def _report_parser(sub) -> None:
-    p = sub.add_parser("report", help="write reports/<experiment>/report.md and report.html "
-                       "from the cell runs in MLflow")
-    p.add_argument("--grid", default="full")
-    p.add_argument("--profile", default="quick")
-    p.add_argument("--dataset", default="auto", choices=list(SOURCES))
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--tracking-uri", default=None)
-    _trial_args(p)
+    for name, what in (("report", "write reports/<experiment>/report.md and report.html "
+                                  "(and the results table) from the runs in MLflow"),
+                       ("results", "write the results table, a row per repetition, from the "
+                                   "runs in MLflow to runs/results.parquet and print it")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("--grid", default="full")
+        p.add_argument("--profile", default="quick")
+        p.add_argument("--dataset", default="auto", choices=list(SOURCES))
+        p.add_argument("--data-dir", default=None)
+        p.add_argument("--tracking-uri", default=None)
+        p.add_argument("--out", default=None, help="the Parquet file (default: results.parquet "
+                       "beside a local store's mlflow.db, else runs/results.parquet)")
+        _trial_args(p)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -194,7 +200,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     source, _ = resolve_name(args.dataset, Path(args.data_dir or default_data_dir()))
     entries = expand(args.grid, args.profile, source, overrides=_overrides(args))
-    _write_report(Store(args.tracking_uri, f"tailbench/{source}/{args.profile}"), entries)
+    _finish(Store(args.tracking_uri, f"tailbench/{source}/{args.profile}"), entries,
+            report=args.command == "report", out=args.out)
     return 0
 
 
@@ -207,8 +214,6 @@ def _spawn_workers(args: argparse.Namespace, n: int, store, entries, device) -> 
     """Run the same command as `n` worker processes (one per GPU where there are several)
     sharing the stores; then print the cells' table and write the report."""
     import torch
-
-    from benchmark.runner import Outcome, format_table
 
     argv = [a for i, a in enumerate(args.argv) if not a.startswith("--workers") and
             not (i and args.argv[i - 1] == "--workers")]
@@ -226,27 +231,30 @@ def _spawn_workers(args: argparse.Namespace, n: int, store, entries, device) -> 
         for p in procs:
             p.wait()
         raise
-    outcomes = []
-    for e in entries:
-        done = store.finished_metrics(e.cell.key)
-        outcomes.append(Outcome(e.cell, "finished" if done is not None else "not done",
-                                done or {}))
-    print(format_table(outcomes))
-    if not args.no_report:
-        _write_report(store, entries)
-    return max(codes) if any(codes) else int(any(o.status != "finished" for o in outcomes))
+    df = _finish(store, entries, report=not args.no_report)
+    ok = set(df.loc[df["outcome"] == "ok", "cell_key"]) if len(df) else set()
+    return max(codes) if any(codes) else int(any(e.cell.key not in ok for e in entries))
 
 
-def _write_report(store, entries) -> None:
-    from tracking.report import build_report
+def _finish(store, entries, report: bool, out: str | None = None):
+    """The results table from MLflow: written to Parquet, printed, and made into the report.
+    Returns it."""
+    from tracking.report import build_report, results_table
+    from tracking.results import default_path, load_results, write_results
 
+    df = load_results(store)
+    path = write_results(df, Path(out) if out else default_path(store))
     expected = [{"key": e.cell.key, "name": e.cell.name, "model": e.cell.model,
-                 "variant": e.cell.variant, "augment": e.cell.augment,
+                 "variant": e.cell.variant, "augment": e.cell.augment, "seeds": e.cell.seeds,
                  "table": e.reference.get("table"),
                  "reference": {k: v for k, v in e.reference.items() if k != "table"}}
                 for e in entries]
-    path = build_report(store.uri, store.experiment_name, expected)
-    print(f"report: {path} (and report.html beside it)")
+    print(results_table(df, expected))
+    print(f"results: {path} ({len(df)} repetitions)")
+    if report:
+        md = build_report(df, expected, store.experiment_name, store.uri)
+        print(f"report: {md} (and report.html beside it)")
+    return df
 
 
 def parser() -> argparse.ArgumentParser:
@@ -259,7 +267,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"train": cmd_train, "run": cmd_run, "report": cmd_report, "perf": perf.run}
+COMMANDS = {"train": cmd_train, "run": cmd_run, "report": cmd_report, "results": cmd_report,
+            "perf": perf.run}
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

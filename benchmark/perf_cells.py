@@ -13,7 +13,7 @@ from pathlib import Path
 
 from benchmark.cells import Cell
 from benchmark.perf import Context, Row, alternate, paired
-from benchmark.runner import cut, run_cell
+from benchmark.runner import cut, run_cell, summarize_cell
 from tracking.store import NullRunLog, Store
 
 TRACKING_TARGET = 1.03  # a tracked cell may take at most 3% longer
@@ -31,17 +31,18 @@ def tracking_overhead(ctx: Context) -> Row:
     cell = _cell(ctx, epochs=3, train_limit=4000)
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(f"sqlite:///{tmp}/mlflow.db", "tailbench/perf")
-        with store.invocation("perf", {}) as parent:
-            def tracked() -> None:
-                with parent.child(cell.name, "cell") as run:
-                    run_cell(cell, ctx.data, run, ctx.device)
 
-            def untracked() -> None:
-                run_cell(cell, ctx.data, NullRunLog(), ctx.device)
+        def tracked() -> None:  # the cell's statistics and figures over repetitions included
+            with store.cell_run(cell.name, {}) as run:
+                run_cell(cell, ctx.data, run, ctx.device)
+                summarize_cell(store, run, cell, store.client.get_run(run.run_id))
 
-            # a cell takes seconds: two timed rounds keep `make perf` within its 10 minutes
-            with_, without = alternate(tracked, untracked, reps=min(ctx.reps, 2),
-                                       device=ctx.device)
+        def untracked() -> None:
+            run_cell(cell, ctx.data, NullRunLog(), ctx.device)
+
+        # a cell takes seconds: two timed rounds keep `make perf` within its 10 minutes
+        with_, without = alternate(tracked, untracked, reps=min(ctx.reps, 2),
+                                   device=ctx.device)
     return paired("tracking overhead (cell wall time)", "s/cell", with_, without,
                   target=TRACKING_TARGET, upper=True,
                   note="a quick cnn cell with MLflow tracking / the same cell without")

@@ -1,4 +1,12 @@
-"""Run cells: data -> tuning -> final fit -> reports -> tracking. The one orchestrator."""
+"""Run cells: data -> tuning -> repetitions (final fits) -> statistics -> tracking. The one
+orchestrator.
+
+A cell is one top-level MLflow run. It is tuned once (an Optuna study on repetition 0's
+validation split) and the tuned parameters then train each of its `seeds` repetitions on the
+whole training set, each a nested run with its own seed. A re-run trains only the
+repetitions that have no outcome yet, in the same cell run, and the cell's statistics (mean,
+std, 95% CI over the repetitions that learned) are computed again from all of them.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +16,41 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from benchmark.cells import Cell, GridEntry
+from benchmark.cells import REPETITION_FIELDS, Cell, GridEntry
 from benchmark.data import Dataset
 from benchmark.data.augment import NoAugment, make_augment
 from benchmark.data.variants import TAIL_CLASSES, class_counts, make_variant
-from benchmark.train import Diverged, Split, build_model, evaluate, fit
-from tracking.store import RunLog, Store, tag_json
+from benchmark.stats import summarize
+from benchmark.train import Diverged, Split, build_model, did_not_learn, evaluate, fit
+from tracking import results
+from tracking.store import RunLog, Store, git_commit, tag_json
+
+# The cell run's headline metrics: name on the cell run -> the repetition metric it summarizes
+HEADLINE = {"test_acc": "final_test_acc", "train_acc": "final_train_acc",
+            "balanced_acc": "balanced_acc", "head_acc": "head_acc", "tail_acc": "tail_acc",
+            "tail_gap": "tail_gap", "macro_f1": "macro_f1"}
+CURVES = ["train_loss", "train_acc", "test_loss", "test_acc"]  # figures over repetitions
+FINAL_TRIES = 3  # tuned parameters, then the runners-up, when a final fit fails to learn
 
 
 @dataclass
 class Outcome:
     cell: Cell
     status: str  # one of STATUSES
-    metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
     seconds: float = 0.0
+    trained: int = 0  # repetitions this invocation trained
 
 
 @dataclass
 class Prepared:
-    """A cell's data on the device: training set after the cut, its oversampler, the test set."""
+    """A repetition's data on the device: training set after the cut, its oversampler, the
+    test set."""
 
     data: Dataset
     train: Split
@@ -41,50 +59,64 @@ class Prepared:
     counts: list[int]
 
 
-def cut(cell: Cell, data: Dataset) -> Dataset:
-    """Limit (stratified) -> variant (long-tail cut), from the cell's seed; on the CPU."""
-    if cell.train_limit or cell.test_limit:
-        data = data.limit(cell.train_limit or None, cell.test_limit or None, seed=cell.seed)
-    return make_variant(data, cell.variant, cell.seed, TAIL_CLASSES, cell.tail_fraction)
+def cut(cell: Cell, data: Dataset, repetition: int = 0) -> Dataset:
+    """Test subset (from the cell's seed: the same images for every repetition) -> training
+    subset and variant cut (from the repetition's seed); on the CPU."""
+    seed = cell.repetition_seed(repetition)
+    if cell.test_limit:
+        data = data.limit(test=cell.test_limit, seed=cell.seed)
+    if cell.train_limit:
+        data = data.limit(train=cell.train_limit, seed=seed)
+    return make_variant(data, cell.variant, seed, TAIL_CLASSES, cell.tail_fraction)
 
 
-def prepare(cell: Cell, data: Dataset, device: torch.device) -> Prepared:
-    """The cell's cut data on the device, with its oversampler."""
-    data = cut(cell, data)
+def _augment(cell: Cell, train: Split, num_classes: int) -> NoAugment:
+    return make_augment(cell.augment, train.y, tail_classes=TAIL_CLASSES, sigma=cell.sigma,
+                        num_classes=num_classes)
+
+
+def prepare(cell: Cell, data: Dataset, device: torch.device, repetition: int = 0) -> Prepared:
+    """The repetition's cut data on the device, with its oversampler."""
+    data = cut(cell, data, repetition)
     train = Split(data.train_x.to(device), data.train_y.to(device))
-    augment = make_augment(cell.augment, train.y, tail_classes=TAIL_CLASSES,
-                           sigma=cell.sigma,
-                           num_classes=data.num_classes)
-    return Prepared(data, train, Split(data.test_x.to(device), data.test_y.to(device)), augment,
+    return Prepared(data, train, Split(data.test_x.to(device), data.test_y.to(device)),
+                    _augment(cell, train, data.num_classes),
                     class_counts(data.train_y, data.num_classes))
 
 
-def _record_inputs(run: RunLog, cell: Cell, prep: Prepared, device: torch.device) -> None:
-    d = prep.data
-    run.log_params(cell.params())
+def _record_cell(run: RunLog, cell: Cell, data: Dataset, device: torch.device,
+                 invocation: dict) -> None:
+    """The cell run's params (every Cell field but the repetition count, which may grow: it
+    is a tag) and tags."""
+    run.log_params({k: v for k, v in cell.params().items() if k not in REPETITION_FIELDS})
     run.set_tags({"cell_key": cell.key, "cell_name": cell.name, "model": cell.model,
-                  "variant": cell.variant, "augment": cell.augment, "dataset": d.source,
-                  "profile": cell.profile, "device": str(device),
-                  "torch_version": torch.__version__, "classes": tag_json(list(d.classes)),
-                  "tail_classes": tag_json(list(TAIL_CLASSES)),
-                  "class_counts": tag_json(dict(zip(d.classes, prep.counts, strict=True))),
+                  "variant": cell.variant, "augment": cell.augment, "dataset": data.source,
+                  "profile": cell.profile, "seeds": cell.seeds, "device": str(device),
+                  "torch_version": torch.__version__, "git_commit": git_commit(),
+                  "classes": tag_json(list(data.classes)),
+                  "tail_classes": tag_json(list(TAIL_CLASSES)), **invocation})
+
+
+def _record_repetition(run: RunLog, prep: Prepared) -> None:
+    d = prep.data
+    run.set_tags({"class_counts": tag_json(dict(zip(d.classes, prep.counts, strict=True))),
                   "augment_note": prep.augment.note})
     counts = {"class_counts": tag_json(prep.counts), "train_images": str(len(prep.train.y))}
     run.log_dataset(d.source, d.digest, d.path, "train", counts)
     run.log_dataset(d.source, d.digest, d.path, "test", {"test_images": str(len(prep.test.y))})
 
 
-def _tune(cell: Cell, prep: Prepared, run: RunLog, device: torch.device,
+def _tune(cell: Cell, data: Dataset, run: RunLog, device: torch.device,
           tuning: dict) -> list[Cell]:
-    """The cell with its searched fields tuned (lr, sigma), and after it the cell as the
-    runners-up tuned it, best first; just the cell when it asks for no trials. The study's
-    summary and figures go on the cell run."""
+    """The cell with its searched fields tuned (lr, sigma) on repetition 0's validation
+    split, and after it the cell as the runners-up tuned it, best first; just the cell when
+    it asks for no trials. The study's summary and figures go on the cell run."""
     if not cell.trials or not tuning.get("enabled", True):
         return [cell]
     from studies import tune_cell
 
-    result = tune_cell(cell, prep.data, device, run, **{k: v for k, v in tuning.items()
-                                                        if k != "enabled"})
+    result = tune_cell(cell, cut(cell, data, 0), device, run, seed=cell.repetition_seed(0),
+                       **{k: v for k, v in tuning.items() if k != "enabled"})
     run.end_lost(result.dead_runs, LOST_TRIAL)
     run.log_params({f"best_{k}": v for k, v in result.best.items()})
     run.log_metrics({"trials_complete": result.complete, "trials_pruned": result.pruned,
@@ -97,68 +129,119 @@ def _tune(cell: Cell, prep: Prepared, run: RunLog, device: torch.device,
     return [dataclasses.replace(cell, **params) for params in result.ranked] or [cell]
 
 
-FINAL_TRIES = 3  # tuned parameters, then the runners-up, when a final fit diverges
-
-
-def _final_fit(cell: Cell, candidates: list[Cell], data: Dataset, prep: Prepared, run: RunLog,
+def _final_fit(candidates: list[Cell], prep: Prepared, run: RunLog, seed: int,
                device: torch.device, progress: bool):
-    """Train on the whole training set with the best parameters. The best are often near the
-    learning rate where training breaks, and the whole set is not the tuning split: when the
-    loss goes NaN, the next best trial's parameters are tried (the run's tags say so)."""
-    built_for = cell  # the cell `prep` was made for: a tuned sigma needs a new oversampler
+    """Train the repetition with the best parameters; a fit that diverges (NaN loss) or does
+    not learn (`did_not_learn`) is tagged and the next best trial's parameters are tried:
+    the best are often near the learning rate where training breaks, and the whole training
+    set is not the tuning split. Returns (cell, model, history, final) or the last reason."""
+    num_classes = prep.data.num_classes
+    why = ""
     for attempt, tuned in enumerate(candidates[:FINAL_TRIES], 1):
-        if tuned != built_for:
-            prep, built_for = prepare(tuned, data, device), tuned
-        model = build_model(tuned.model, data.num_classes, tuned.seed, device)
+        # the oversampler of this candidate's sigma (cheap: class counts, no images)
+        prep = dataclasses.replace(prep, augment=_augment(tuned, prep.train, num_classes))
+        model = build_model(tuned.model, num_classes, seed, device)
         try:
             history = fit(model, prep.train, prep.test, epochs=tuned.epochs,
-                          batch_size=tuned.batch_size, lr=tuned.lr, seed=tuned.seed,
+                          batch_size=tuned.batch_size, lr=tuned.lr, seed=seed,
                           augment=prep.augment, progress=progress)
+            final = evaluate(model, prep.test, tuned.batch_size)
+            why = did_not_learn(history[-1]["train_balanced_acc"] if history else 0.0,
+                                final["preds"], num_classes)
         except Diverged as e:
-            run.set_tags({f"final_diverged_{attempt}": f"lr {tuned.lr:.4g}: {e}"})
-            if attempt == min(len(candidates), FINAL_TRIES):
-                raise
-            continue
-        run.log_params({"final_lr": tuned.lr, "final_sigma": tuned.sigma,
-                        "final_attempt": attempt})
-        return tuned, prep, model, history
-    raise AssertionError("no candidates")  # unreachable: candidates is never empty
+            why = f"diverged: {e}"
+        if not why:
+            run.log_params({"final_lr": tuned.lr, "final_sigma": tuned.sigma,
+                            "final_attempt": attempt})
+            return tuned, model, history, final
+        run.set_tags({f"final_rejected_{attempt}": f"lr {tuned.lr:.4g}: {why}"[:4000]})
+    return why
+
+
+def run_repetition(cell: Cell, candidates: list[Cell], data: Dataset, run: RunLog,
+                   repetition: int, device: torch.device, progress: bool = False) -> bool:
+    """Train, test and record one repetition on its run; True when it learned. A repetition
+    whose every candidate failed is ended FAILED with outcome did-not-learn and the reason."""
+    from tracking.report import write_cell_artifacts
+
+    seed = cell.repetition_seed(repetition)
+    prep = prepare(candidates[0], data, device, repetition)
+    _record_repetition(run, prep)
+    got = _final_fit(candidates, prep, run, seed, device, progress)
+    if isinstance(got, str):
+        run.set_tags({"outcome": results.DID_NOT_LEARN, "reason": got[:4000]})
+        run.end("FAILED")
+        return False
+    tuned, model, history, final = got
+    # the curves in one call, once a fit went through (a rejected attempt leaves none)
+    run.log_curves([{k if k != "seconds" else "epoch_seconds": v for k, v in m.items()}
+                    for m in history])
+    with tempfile.TemporaryDirectory() as tmp:
+        scalars = write_cell_artifacts(
+            Path(tmp), f"{cell.name} · repetition {repetition}", history,
+            prep.test.y.cpu().numpy(), final["preds"].numpy(), list(data.classes),
+            list(TAIL_CLASSES))
+        run.log_artifacts(Path(tmp))
+    run.log_metrics({"final_train_acc": history[-1]["train_acc"] if history else 0.0,
+                     "final_test_acc": final["acc"], "final_test_loss": final["loss"],
+                     **scalars})
+    run.log_state_dict(model.state_dict())
+    run.set_tags({"outcome": results.OK})
+    return True
 
 
 def run_cell(cell: Cell, data: Dataset, run: RunLog, device: torch.device,
-             progress: bool = False, tuning: dict | None = None) -> dict[str, float]:
-    """Train and test one cell, recording everything on `run`; returns its final metrics."""
-    from tracking.report import write_cell_artifacts
+             repetitions: list[int] | None = None, progress: bool = False,
+             tuning: dict | None = None, say=lambda *_: None) -> int:
+    """Tune the cell once, then train `repetitions` (default: all of its seeds) as runs nested
+    under `run`; returns how many of them learned."""
+    candidates = _tune(cell, data, run, device, tuning or {})
+    learned = 0
+    for r in range(cell.seeds) if repetitions is None else repetitions:
+        say(f"repetition {r + 1} of {cell.seeds} ...")
+        tags = {"cell_key": cell.key, "repetition": r, "rep_seed": cell.repetition_seed(r)}
+        with run.child(f"repetition {r}", "repetition", tags=tags) as rep:
+            learned += run_repetition(cell, candidates, data, rep, r, device, progress)
+    return learned
 
-    prep = prepare(cell, data, device)
-    _record_inputs(run, cell, prep, device)
-    candidates = _tune(cell, prep, run, device, tuning or {})
-    tuned, prep, model, history = _final_fit(cell, candidates, data, prep, run, device,
-                                             progress)
-    # the curves in one call, once a fit went through (a diverged attempt leaves none)
-    run.log_curves([{k if k != "seconds" else "epoch_seconds": v for k, v in m.items()}
-                    for m in history])
-    final = evaluate(model, prep.test, tuned.batch_size)
+
+def summarize_cell(store: Store, run: RunLog, cell: Cell, cell_run) -> tuple[int, str]:
+    """Statistics over the cell's repetitions (all of them, this invocation's and earlier
+    ones) and their figures, on the cell run; ends it FAILED when none learned. Returns how
+    many learned and the line that says how the cell ended."""
+    from tracking.summary import write_cell_summary
+
+    df = results.cell_results(store, cell_run)
+    ok = df[df["outcome"] == results.OK]
+    metrics = {"repetitions": cell.seeds, "repetitions_ok": len(ok)}
+    for name, column in HEADLINE.items():
+        s = summarize(ok[column] if column in ok else [])
+        metrics |= {f"{name}_mean": s.mean, f"{name}_std": s.std, f"{name}_ci95": s.ci95}
+    run.log_metrics({k: v for k, v in metrics.items() if v == v})  # NaN: not computed
+    histories = [store.metric_histories(run_id, CURVES) for run_id in ok["run_id"]]
     with tempfile.TemporaryDirectory() as tmp:
-        scalars = write_cell_artifacts(
-            Path(tmp), cell.name, history, prep.test.y.cpu().numpy(), final["preds"].numpy(),
-            list(data.classes), list(TAIL_CLASSES))
-        run.log_artifacts(Path(tmp))
-    metrics = {"final_train_acc": history[-1]["train_acc"] if history else 0.0,
-               "final_test_acc": final["acc"], "final_test_loss": final["loss"], **scalars}
-    run.log_metrics(metrics)
-    run.log_state_dict(model.state_dict())
-    return metrics
+        if write_cell_summary(Path(tmp), cell.name, histories, ok):
+            run.log_artifacts(Path(tmp))
+    if not len(ok):
+        why = "; ".join(f"repetition {r}: {w}" for r, w in zip(df["repetition"], df["reason"],
+                                                               strict=True))
+        run.set_tags({"error": f"no repetition learned ({why})"[:4000]})
+        run.end("FAILED")
+        return 0, f"failed: none of {len(df)} repetitions learned"
+    test = summarize(ok["final_test_acc"])
+    return len(ok), (f"done: {len(ok)} of {cell.seeds} repetitions learned; test accuracy "
+                     f"{test.text()}%")
 
 
 def run_grid(entries: list[GridEntry], data: Dataset, store: Store, *, device: torch.device,
              force: bool = False, progress: bool = False, tuning: dict | None = None,
              invocation_tags: dict | None = None) -> list[Outcome]:
-    """Every cell as a nested run of one invocation run. Finished cells are skipped (unless
-    `force`); a failing cell is recorded FAILED and the next one runs; Ctrl-C ends the current
-    cell KILLED and stops. Several workers (processes, machines) can run the same grid at
-    once on shared stores: each cell's final training is claimed by one of them, the others
-    help with its Optuna trials and move on."""
+    """Every cell as a top-level run, tagged with this invocation. Cells whose repetitions all
+    have an outcome are skipped (unless `force`, which starts a new cell run); a failing cell
+    is recorded FAILED and the next one runs; Ctrl-C ends the current runs KILLED and stops.
+    Several workers (processes, machines) can run the same grid at once on shared stores:
+    each cell's final training is claimed by one of them, the others help with its Optuna
+    trials and move on."""
     from studies import open_storage
 
     tuning = dict(tuning or {})
@@ -166,43 +249,65 @@ def run_grid(entries: list[GridEntry], data: Dataset, store: Store, *, device: t
     # --force re-runs finished cells once per invocation: its claims get names of their own
     nonce = tuning.pop("force_nonce", None) or uuid.uuid4().hex
     suffix = f" force {nonce}" if force else ""
+    invocation = {"invocation": nonce[:12],
+                  **{f"invocation_{k}": v for k, v in (invocation_tags or {}).items()}}
     outcomes: list[Outcome] = []
-    with store.invocation(f"{len(entries)} cells", invocation_tags or {}) as parent:
-        for i, entry in enumerate(entries, 1):
-            say = functools.partial(print, f"[{i}/{len(entries)}] {entry.cell.name}:",
-                                    file=sys.stderr, flush=True)
-            outcomes.append(_run_entry(entry.cell, data, store, parent, storage, suffix, say,
-                                       device=device, force=force, progress=progress,
-                                       tuning=tuning))
-        parent.set_tags({s: sum(o.status == s for o in outcomes) for s in STATUSES})
+    for i, entry in enumerate(entries, 1):
+        say = functools.partial(print, f"[{i}/{len(entries)}] {entry.cell.name}:",
+                                file=sys.stderr, flush=True)
+        outcomes.append(_run_entry(entry.cell, data, store, storage, suffix, say,
+                                   device=device, force=force, progress=progress,
+                                   tuning=tuning, invocation=invocation))
     return outcomes
 
 
 STATUSES = ("finished", "skipped", "failed", "helped", "elsewhere")
 LOST_TRIAL = "its worker died in the middle of this trial"
+LOST_WORKER = "its worker died before the run ended"
 
 
-def _run_entry(cell: Cell, data: Dataset, store: Store, parent: RunLog, storage, suffix: str,
-               say, *, device: torch.device, force: bool, progress: bool,
-               tuning: dict) -> Outcome:
+def _missing(store: Store, cell: Cell, force: bool):
+    """(the cell run to add to, or None for a new one; the repetitions it still needs)."""
+    cell_run = None if force else store.latest_cell_run(cell.key)
+    if cell_run is None:
+        return None, list(range(cell.seeds))
+    done = {int(r.data.tags["repetition"]) for r in store.children(cell_run.info.run_id,
+                                                                   "repetition")
+            if results.is_done(r)}
+    return cell_run, [r for r in range(cell.seeds) if r not in done]
+
+
+def _run_entry(cell: Cell, data: Dataset, store: Store, storage, suffix: str, say, *,
+               device: torch.device, force: bool, progress: bool, tuning: dict,
+               invocation: dict) -> Outcome:
     from studies.claims import try_claim
 
-    if not force and (done := store.finished_metrics(cell.key)) is not None:
-        say("finished before, skipped")
-        return Outcome(cell, "skipped", done)
+    cell_run, missing = _missing(store, cell, force)
+    if not missing:
+        say(f"all {cell.seeds} repetitions finished before, skipped")
+        return Outcome(cell, "skipped")
     claim = try_claim(storage, _claim_name(cell) + suffix)
     if claim is None:  # another live worker has this cell
         return _help(cell, data, store, storage, suffix, say, device, tuning)
-    parent.end_lost(claim.stale_runs, "its worker died before the cell finished")
-    if not force and (done := store.finished_metrics(cell.key)) is not None:
-        claim.release(True)  # its owner died after recording it, before saying so
-        return Outcome(cell, "skipped", done)
-    say(f"{cell.epochs} epochs" + (f", {cell.trials} trials" if cell.trials else "") + " ...")
+    store.end_lost(claim.stale_runs, LOST_WORKER)
+    cell_run, missing = _missing(store, cell, force)  # its owner may have died after it
+    if not missing:
+        claim.release(True)
+        return Outcome(cell, "skipped")
+    say(f"{cell.epochs} epochs, repetitions {', '.join(map(str, missing))} of {cell.seeds}"
+        + (f", {cell.trials} trials" if cell.trials else "") + " ...")
     start = time.perf_counter()
     try:
-        with parent.child(cell.name, "cell") as run:
+        reopen = cell_run.info.run_id if cell_run else None
+        with store.cell_run(cell.name, {}, reopen=reopen) as run:
             claim.publish(run.run_id)
-            metrics = run_cell(cell, data, run, device, progress, tuning)
+            if reopen:  # a dead worker's repetitions: we hold the claim, nobody runs them
+                store.end_lost([r.info.run_id for r in store.children(reopen, "repetition")],
+                               LOST_WORKER)
+            _record_cell(run, cell, data, device, invocation)
+            run_cell(cell, data, run, device, missing, progress, tuning, say)
+            learned, line = summarize_cell(store, run, cell, store.client.get_run(run.run_id))
+            say(line)
     except KeyboardInterrupt:
         claim.release(False)
         raise
@@ -210,9 +315,11 @@ def _run_entry(cell: Cell, data: Dataset, store: Store, parent: RunLog, storage,
         claim.release(False)
         say(f"failed: {type(e).__name__}: {e}")
         return Outcome(cell, "failed", error=f"{type(e).__name__}: {e}",
-                       seconds=time.perf_counter() - start)
+                       seconds=time.perf_counter() - start, trained=len(missing))
     claim.release(True)
-    return Outcome(cell, "finished", metrics, seconds=time.perf_counter() - start)
+    return Outcome(cell, "finished" if learned else "failed",
+                   error="" if learned else line, seconds=time.perf_counter() - start,
+                   trained=len(missing))
 
 
 def _claim_name(cell: Cell) -> str:
@@ -233,17 +340,7 @@ def _help(cell: Cell, data: Dataset, store: Store, storage, suffix: str, say,
     start = time.perf_counter()
     kwargs = {k: v for k, v in tuning.items() if k != "enabled"}
     run = store.run_log(run_id)
-    result = tune_cell(cell, cut(cell, data), device, run, **kwargs)
+    result = tune_cell(cell, cut(cell, data, 0), device, run, seed=cell.repetition_seed(0),
+                       **kwargs)
     run.end_lost(result.dead_runs, LOST_TRIAL)
     return Outcome(cell, "helped", seconds=time.perf_counter() - start)
-
-
-def format_table(outcomes: list[Outcome]) -> str:
-    rows = [f"{'cell':<34} {'status':<9} {'train acc':>9} {'test acc':>8} {'tail acc':>8} "
-            f"{'seconds':>7}"]
-    for o in outcomes:
-        train, test, tail = (f"{o.metrics[k]:.1%}" if k in o.metrics else "-"
-                             for k in ("final_train_acc", "final_test_acc", "tail_acc"))
-        rows.append(f"{o.cell.name:<34} {o.status:<9} {train:>9} {test:>8} {tail:>8} "
-                    f"{o.seconds:>7.0f}")
-    return "\n".join(rows)

@@ -61,8 +61,9 @@ class Objective:
     """Callable for `study.optimize`: one trial = one fit of `cell.epochs` epochs."""
 
     def __init__(self, cell: Cell, data: TuningData, device: torch.device, run,
-                 space: tuple[Param, ...] = SPACE):
+                 space: tuple[Param, ...] = SPACE, seed: int | None = None):
         self.cell, self.data, self.device, self.run, self.space = cell, data, device, run, space
+        self.seed = cell.repetition_seed(0) if seed is None else seed
 
     def __call__(self, trial: optuna.Trial) -> float:
         check_not_surplus(trial, self.cell.trials)  # raises Surplus: nothing is trained
@@ -83,14 +84,14 @@ class Objective:
         augment = make_augment(cell.augment, data.train.y, tail_classes=TAIL_CLASSES,
                                sigma=cell.sigma, num_classes=data.num_classes)
         with _BUILD_LOCK:
-            model = build_model(cell.model, data.num_classes, cell.seed, self.device)
+            model = build_model(cell.model, data.num_classes, self.seed, self.device)
         done = {"epochs": 0}  # epochs trained so far, also when fit stops early
         try:
-            # every trial uses the cell's seed (same init, same batches): trials then differ
-            # only in their hyperparameters, which makes their comparison less noisy
+            # every trial uses repetition 0's seed (same init, same batches): trials then
+            # differ only in their hyperparameters, which makes their comparison less noisy
             history = fit(model, data.train, data.val, epochs=cell.epochs,
                           batch_size=cell.batch_size, lr=cell.lr,
-                          seed=cell.seed, augment=augment,
+                          seed=self.seed, augment=augment,
                           callback=_epoch_callback(trial, log, done))
         except optuna.TrialPruned as e:
             _end_pruned(trial, log, str(e))

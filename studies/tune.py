@@ -60,9 +60,14 @@ class TuneResult:
         return [dict(t.params) for t in sorted(done, key=lambda t: -t.value)]
 
 
+def study_key(cell: Cell) -> str:
+    """The key of everything that defines the cell's problem, not its budget."""
+    return dataclasses.replace(cell, **BUDGET_FIELDS).key
+
+
 def study_name(cell: Cell) -> str:
-    """The cell's name and the key of everything that defines its problem (not its budget)."""
-    return f"{cell.name} [{dataclasses.replace(cell, **BUDGET_FIELDS).key}]"
+    """The cell's name and its study key."""
+    return f"{cell.name} [{study_key(cell)}]"
 
 
 def default_pruner(cell: Cell) -> optuna.pruners.BasePruner:
@@ -73,10 +78,13 @@ def default_pruner(cell: Cell) -> optuna.pruners.BasePruner:
 
 
 def make_sampler(cell: Cell, trials_so_far: int) -> optuna.samplers.BaseSampler:
-    """TPE seeded from the cell; the seed moves on with the trials already in the study, so a
-    resumed study does not redraw the random start-up points it tried before. Half the budget
-    (2..10 trials) is random start-up, the rest is TPE's model."""
-    return optuna.samplers.TPESampler(seed=cell.seed + trials_so_far,
+    """TPE seeded from the cell's study key, so every cell explores points of its own (a seed
+    shared by all cells made every study try the same learning rates); the seed moves on with
+    the trials already in the study, so a resumed study does not redraw the random start-up
+    points it tried before. Half the budget (2..10 trials) is random start-up, the rest is
+    TPE's model."""
+    seed = (int(study_key(cell), 16) + trials_so_far) % 2**32
+    return optuna.samplers.TPESampler(seed=seed,
                                       n_startup_trials=min(10, max(2, cell.trials // 2)))
 
 
@@ -97,14 +105,16 @@ def _finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def tune_cell(cell: Cell, data: Dataset, device: torch.device, run, *,
+def tune_cell(cell: Cell, data: Dataset, device: torch.device, run, *, seed: int | None = None,
               storage: str | Path | None = None, timeout: float | None = None, jobs: int = 1,
               pruner: optuna.pruners.BasePruner | None = None,
               space: tuple[Param, ...] = SPACE) -> TuneResult:
     """Tune the cell's searched fields on a validation split of `data`'s training set (after
     the long-tail cut, before oversampling) until its study holds `cell.trials` finished
-    (complete or pruned) trials, or `timeout` seconds pass. Each trial is a nested run of
-    `run`. A study that already holds enough trials trains nothing and gives its best."""
+    (complete or pruned) trials, or `timeout` seconds pass. `data` is repetition 0's cut and
+    `seed` its seed (default `cell.repetition_seed(0)`): it draws the validation split, and
+    every trial's initial weights and batch order. Each trial is a nested run of `run`. A
+    study that already holds enough trials trains nothing and gives its best."""
     check_space(space)
     url = storage_url(storage)
     study = _open_study(cell, open_storage(url), pruner)
@@ -112,7 +122,8 @@ def tune_cell(cell: Cell, data: Dataset, device: torch.device, run, *,
     if not study.get_trials(deepcopy=False):
         # the cell's own values first: tuning can then only improve on them (on validation)
         study.enqueue_trial(starting_point(cell, space), skip_if_exists=True)
-    dead = _optimize(study, cell, data, device, run, space, timeout, jobs)
+    seed = cell.repetition_seed(0) if seed is None else seed
+    dead = _optimize(study, cell, data, device, run, space, timeout, jobs, seed)
     result = _result(study, searched(cell, space), cell.seed, url)
     result.dead_runs = [t.user_attrs["mlflow_run_id"] for t in dead
                         if "mlflow_run_id" in t.user_attrs]
@@ -120,7 +131,7 @@ def tune_cell(cell: Cell, data: Dataset, device: torch.device, run, *,
 
 
 def _optimize(study: optuna.Study, cell: Cell, data: Dataset, device: torch.device, run,
-              space: tuple[Param, ...], timeout: float | None, jobs: int) -> list:
+              space: tuple[Param, ...], timeout: float | None, jobs: int, seed: int) -> list:
     """Run trials until the study holds `cell.trials` finished ones, whichever worker runs
     them: other workers' trials under way count, and when one of them dies (its trial is
     failed and queued again) this loop takes up the slack. Returns the dead workers' trials."""
@@ -131,8 +142,8 @@ def _optimize(study: optuna.Study, cell: Cell, data: Dataset, device: torch.devi
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             break
-        objective = objective or Objective(cell, tuning_data(data, cell.seed, device), device,
-                                           run, space)
+        objective = objective or Objective(cell, tuning_data(data, seed, device), device,
+                                           run, space, seed)
         study.optimize(objective, n_trials=remaining, timeout=left, n_jobs=jobs,
                        catch=(Surplus,), callbacks=[
                            _stop_when_enough(cell.trials),

@@ -33,8 +33,19 @@ def test_keys_are_stable_and_change_with_every_field():
     for f in dataclasses.fields(Cell):
         value = getattr(cell, f.name)
         other = value + "x" if isinstance(value, str) else value + 1
-        assert dataclasses.replace(cell, **{f.name: other}).key != cell.key, f.name
+        changed = dataclasses.replace(cell, **{f.name: other}).key != cell.key
+        # more repetitions are the same cell: `--seeds 5` after 3 adds two
+        assert changed == (f.name != "seeds"), f.name
     assert cell.params()["epochs"] == 5  # params come from dataclasses.asdict
+
+
+def test_repetition_seeds_are_distinct_stable_and_from_the_base_seed():
+    cell = Cell("cnn", "long-tail", "none", epochs=5)
+    seeds = [cell.repetition_seed(r) for r in range(6)]
+    assert len(set(seeds)) == 6 and seeds == [cell.repetition_seed(r) for r in range(6)]
+    other = dataclasses.replace(cell, seed=1)
+    assert not set(seeds) & {other.repetition_seed(r) for r in range(6)}
+    assert dataclasses.replace(cell, seeds=9).repetition_seed(2) == seeds[2]
 
 
 def test_quick_profile_shrinks_data_epochs_and_sets_trials():

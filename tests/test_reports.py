@@ -1,18 +1,21 @@
 """tracking.metrics, tracking.plots and tracking.report: numbers by hand, real PNGs, and the
-cross-cell report built from runs logged to a throwaway SQLite MLflow store."""
+cross-cell report built from a results table written by hand (a row per repetition)."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 
 import numpy as np
+import pandas as pd
 import pytest
+from scipy import stats as st
 
 from tracking import plots
 from tracking.metrics import cell_metrics, class_metric_names, metric_name, normalize_rows
-from tracking.report import build_report, write_cell_artifacts
+from tracking.report import build_report, results_table, write_cell_artifacts
 
 CIFAR = ["airplane", "automobile", "bird", "cat", "deer",
          "dog", "frog", "horse", "ship", "truck"]
@@ -131,6 +134,8 @@ def test_cross_cell_figures_render():
     assert_readable_png(plots.png_bytes(plots.per_class_heatmap(cells, CIFAR, values, "t", TAIL)))
     bars = plots.cell_accuracy_bars(cells, [70.0, None], [71.9, 42.0], "t", ["measured", "missing"])
     assert_readable_png(plots.png_bytes(bars))
+    bars = plots.cell_accuracy_bars(cells, [70.0, None], [71.9, 42.0], "t", errors=[1.5, None])
+    assert_readable_png(plots.png_bytes(bars))
 
 
 def test_write_cell_artifacts(tmp_path):
@@ -150,82 +155,84 @@ def test_write_cell_artifacts(tmp_path):
 
 # ---------------------------------------------------------------- the cross-cell report
 
-def spec(model, variant, augment, table=None, ref=None):
+def spec(model, variant, augment, table=None, ref=None, seeds=3):
     name = f"{model} · {variant} · {augment}"
     return {"key": name.replace(" · ", "-"), "name": name, "model": model, "variant": variant,
-            "augment": augment, "table": table, "reference": ref or {}}
+            "augment": augment, "table": table, "reference": ref or {}, "seeds": seeds}
 
 
 EXPECTED = [
     spec("cnn", "balanced", "none", 1, {"train_acc": 86.4, "test_acc": 71.9}),
     spec("rnn", "balanced", "none", 2, {"train_acc": 100.0, "test_acc": 52.8}),
-    spec("cnn", "long-tail", "none", 3, {"train_acc": 100.0, "test_acc": 53.4}),
+    spec("cnn", "long-tail", "none", 3, {"train_acc": 100.0, "test_acc": 53.4}, seeds=4),
     spec("rnn", "long-tail", "none", 3, {"train_acc": 97.3, "test_acc": 42.0}),
-    spec("resnet50", "long-tail", "flip+noise", 4, {"train_acc": 98.2, "test_acc": 67.4}),
+    spec("resnet50", "long-tail", "flip+noise", 4, {"train_acc": 98.2, "test_acc": 67.4},
+         seeds=1),
     spec("cnn", "long-tail", "flip+noise"),
 ]
+CNN_B, RNN_B, CNN_LT, RNN_LT, RES_FN, CNN_FN = EXPECTED
 
 
-def log_run(client, exp_id, cell, status, start, final=None, scalars=None, kind="cell",
-            error=None, profile="quick"):
-    from mlflow.entities import Metric, Param
+def rep(cell, r, train=0.9, test=0.7, head=0.7, tail=0.7, outcome="ok", reason="",
+        status="FINISHED", dataset="cifar10", profile="quick"):
+    """One repetition's row of the results table, as tracking.results.load_results writes it;
+    every class's accuracy is its part's (head or tail) accuracy."""
+    row = {"model": cell["model"], "variant": cell["variant"], "augment": cell["augment"],
+           "epochs": 6, "dataset": dataset, "profile": profile, "seeds": cell["seeds"],
+           "seed": 0, "cell_key": cell["key"], "cell_name": cell["name"], "repetition": r,
+           "rep_seed": 1000 + r, "status": status, "outcome": outcome, "reason": reason,
+           "run_id": f"{cell['key']}-{r}", "cell_run_id": cell["key"], "final_lr": 0.01,
+           "final_sigma": 0.05, "classes": json.dumps(CIFAR), "tail_classes": json.dumps(TAIL),
+           "final_train_acc": train, "final_test_acc": test, "final_test_loss": 1.0,
+           "balanced_acc": (head + tail) / 2, "head_acc": head, "tail_acc": tail,
+           "tail_gap": head - tail, "macro_f1": (head + tail) / 2 - 0.05}
+    names = class_metric_names(CIFAR)
+    return row | {n: tail if i in TAIL else head for i, n in enumerate(names)}
 
-    tags = {"tailbench_kind": kind, "cell_key": cell["key"], "cell_name": cell["name"],
-            "model": cell["model"], "variant": cell["variant"], "augment": cell["augment"],
-            "dataset": "cifar10", "profile": profile, "classes": json.dumps(CIFAR),
-            "tail_classes": json.dumps(TAIL)}
-    if error:
-        tags["error"] = error
-    run = client.create_run(exp_id, start_time=start, tags=tags, run_name=cell["name"])
-    metrics = [Metric(k, v, start, 0) for k, v in {**(final or {}), **(scalars or {})}.items()]
-    metrics += [Metric(k, 0.5, start, e) for e in range(1, 4) for k in ("train_acc", "test_acc")]
-    client.log_batch(run.info.run_id, metrics=metrics,
-                     params=[Param("epochs", "6"), Param("profile", profile)])
-    client.set_terminated(run.info.run_id, status=status, end_time=start + 1)
 
-
-def finished(client, exp_id, cell, start, train, test, seed, profile="quick"):
-    y, p = predictions(seed)
-    s = cell_metrics(y, p, CIFAR, TAIL).scalars
-    log_run(client, exp_id, cell, "FINISHED", start, {"final_train_acc": train,
-            "final_test_acc": test}, s, profile=profile)
-    return s
+def results() -> pd.DataFrame:
+    rows = [
+        # cnn balanced: train 89/90/91, test 69/70/71 (means 90.0, 70.0, std 1.0)
+        *(rep(CNN_B, r, 0.89 + 0.01 * r, 0.69 + 0.01 * r, 0.72 + 0.01 * r, 0.68 + 0.01 * r,
+              profile="paper") for r in range(3)),
+        rep(RNN_B, 0, outcome="error", status="FAILED",
+            reason="RuntimeError: CUDA out of memory. Tried to allocate 2 GiB\nTraceback ..."),
+        rep(RNN_B, 1, outcome="error", status="KILLED"),
+        # cnn long-tail: three that learned (test 49/50/51) and a collapsed one that must
+        # change nothing; a repetition 4 beyond the 4 asked for, left by a longer run
+        *(rep(CNN_LT, r, 0.99, 0.49 + 0.01 * r, 0.80 + 0.02 * r, tail, profile="quick")
+          for r, tail in enumerate([0.20, 0.25, 0.21])),
+        rep(CNN_LT, 3, 0.10, 0.10, 0.20, 0.0, outcome="did-not-learn",
+            reason="predicted 'frog' for 99% of the test images"),
+        rep(CNN_LT, 4, 0.99, 0.99),
+        rep(RES_FN, 0, 0.95, 0.55, 0.60, 0.50),
+        # cnn flip+noise: tail 50/52/54, gap 20/19/18: narrower than cnn long-tail's
+        *(rep(CNN_FN, r, 0.97, 0.55 + 0.01 * r, 0.70 + 0.01 * r, 0.50 + 0.02 * r)
+          for r in range(3)),
+        rep(spec("cnn", "balanced", "none") | {"key": "stale"}, 0, 0.1, 0.1),
+    ]
+    return pd.DataFrame(rows)
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    from mlflow import MlflowClient
-
-    tmp = tmp_path_factory.mktemp("store")
-    uri = f"sqlite:///{tmp}/mlflow.db"
-    client = MlflowClient(tracking_uri=uri)
-    exp_id = client.create_experiment("cifar10/quick", artifact_location=(tmp / "a").as_uri())
-    cnn_b, rnn_b, cnn_lt, _rnn_lt, res_fn, cnn_fn = EXPECTED
-    finished(client, exp_id, cnn_b, 1000, 0.90, 0.70, seed=1, profile="paper")
-    log_run(client, exp_id, rnn_b, "FAILED", 1100,
-            error="RuntimeError: CUDA out of memory. Tried to allocate 2 GiB")
-    # cnn long-tail: an old finished run, the newest finished one, then a newer failure,
-    # and a trial run with the same key: the report must show the middle one
-    finished(client, exp_id, cnn_lt, 1200, 0.99, 0.30, seed=2)
-    lt = finished(client, exp_id, cnn_lt, 1300, 0.99, 0.50, seed=3)
-    log_run(client, exp_id, cnn_lt, "FAILED", 1400, error="KeyboardInterrupt")
-    log_run(client, exp_id, cnn_lt, "FINISHED", 1500, {"final_test_acc": 0.99}, kind="trial")
-    finished(client, exp_id, res_fn, 1600, 0.95, 0.55, seed=4)
-    finished(client, exp_id, spec("cnn", "balanced", "none") | {"key": "stale"}, 900, .1, .1, 5)
-    # cnn flip+noise: a narrower gap than cnn long-tail's
-    fn = {**lt, "tail_acc": lt["tail_acc"] + lt["tail_gap"] / 2, "tail_gap": lt["tail_gap"] / 2}
-    log_run(client, exp_id, cnn_fn, "FINISHED", 1700,
-            {"final_train_acc": 0.97, "final_test_acc": 0.52}, fn)
-    md = build_report(uri, "cifar10/quick", EXPECTED, out_root=tmp / "reports")
-    return md, lt, uri
+    out = tmp_path_factory.mktemp("reports")
+    return build_report(results(), EXPECTED, "cifar10/quick", "sqlite:///runs/mlflow.db",
+                        out_root=out)
 
 
 def section(text: str, heading: str) -> str:
     return text.split(heading, 1)[1].split("\n## ", 1)[0]
 
 
+def cells_of(md_section: str) -> list[list[str]]:
+    """The rows of the Markdown tables in a section, as lists of stripped cells."""
+    return [[c.strip() for c in line.strip("|").split("|")]
+            for line in md_section.splitlines() if line.startswith("| ")]
+
+
 def test_report_files(report):
-    md, _, _ = report
+    md = report
     assert md == md.parent / "report.md" and md.parent.name == "cifar10_quick"
     html = (md.parent / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2 and "<table>" in html
@@ -233,61 +240,168 @@ def test_report_files(report):
     for name in ["per_class_heatmap.png", "test_accuracy.png"]:
         assert_readable_png((md.parent / "figures" / name).read_bytes())
         assert f"(figures/{name})" in md.read_text()
+    assert '<td class="num">70.0 ± 1.0 (n=3)</td>' in html  # numbers right-aligned
 
 
 def test_report_tables(report):
-    md, lt, _ = report
-    text = md.read_text()
-    t1 = section(text, "### Table 1")
-    # cnn balanced: train 90.0 vs 86.4 (+3.6), test 70.0 vs 71.9 (-1.9)
-    assert "| 90.0 | 86.4 | +3.6 | 70.0 | 71.9 | -1.9 | cifar10 · paper |" in t1
-    t2 = section(text, "### Table 2")
-    assert "failed: RuntimeError: CUDA out of memory" in t2 and "| 100.0 | — |" in t2
-    t3 = section(text, "### Table 3")
-    assert "| rnn · long-tail · none | missing |" in t3
-    assert "| 50.0 | 53.4 | -3.4 |" in t3  # the newest finished run, not the newer failure
-    assert "not comparable in absolute terms" in t3
-    extra = section(text, "## Cells the reference did not run")
-    assert "cnn · long-tail · flip+noise | measured" in extra
-    ht = section(text, "## Head and tail")
-    head, tail = 100 * lt["head_acc"], 100 * lt["tail_acc"]
-    assert f"| cnn · long-tail · none | measured | {head:.1f} | {tail:.1f} |" in ht
-    assert "| rnn · long-tail · none | missing | — |" in ht
-    assert "CUDA out of memory. Tried to allocate 2 GiB" in section(text, "## Errors")
-    assert "6 cells expected; 4 measured, 1 failed, 1 missing; 1 other cells have runs" in text
+    text = report.read_text()
+    assert ("6 cells expected; 4 measured, 1 failed, 1 missing; 1 other cells have results"
+            in text)
+    t1 = cells_of(section(text, "### Table 1"))
+    # cnn balanced: train 90.0 ± 1.0 vs 86.4 (+3.6), test 70.0 ± 1.0 vs 71.9 (−1.9)
+    assert t1[1] == ["cnn · balanced · none", "measured", "3 of 3", "6", "90.0 ± 1.0 (n=3)",
+                     "86.4", "+3.6", "70.0 ± 1.0 (n=3)", "71.9", "−1.9", "cifar10 · paper"]
+    t2 = cells_of(section(text, "### Table 2"))
+    assert t2[1][:5] == ["rnn · balanced · none",
+                         "failed: RuntimeError: CUDA out of memory. Tried to allocate 2 GiB",
+                         "0 of 3", "6", "—"]
+    t3 = cells_of(section(text, "### Table 3"))
+    # the collapsed repetition counts neither in n nor in the means (it would pull test
+    # accuracy to 40.0), nor does repetition 4, beyond the 4 asked for
+    assert t3[1][:10] == ["cnn · long-tail · none", "measured", "3 of 4", "6",
+                          "99.0 ± 0.0 (n=3)", "100.0", "−1.0", "50.0 ± 1.0 (n=3)", "53.4",
+                          "−3.4"]
+    assert t3[1][10] == "cifar10 · quick — not comparable in absolute terms"
+    assert t3[2][:5] == ["rnn · long-tail · none", "missing", "0 of 3", "—", "—"]
+    t4 = cells_of(section(text, "### Table 4"))
+    assert t4[1][2:5] == ["1 of 1", "6", "95.0 (n=1)"]
+    extra = cells_of(section(text, "## Cells the reference did not run"))
+    assert extra[1][:3] == ["cnn · long-tail · flip+noise", "measured", "3 of 3"]
+    assert extra[1][5:7] == ["—", "—"]  # no reference, no Δ
+
+
+def test_head_tail_table(report):
+    ht = {r[0]: r for r in cells_of(section(report.read_text(), "## Head and tail"))}
+    # head 72/73/74, tail 68/69/70, gap 4 each; balanced = (head + tail) / 2, F1 5 below
+    assert ht["cnn · balanced · none"][2:] == ["3 of 3", "73.0 ± 1.0 (n=3)", "69.0 ± 1.0 (n=3)",
+                                               "4.0 ± 0.0 (n=3)", "71.0 ± 1.0 (n=3)",
+                                               "66.0 ± 1.0 (n=3)"]
+    assert ht["cnn · long-tail · none"][3:5] == ["82.0 ± 2.0 (n=3)", "22.0 ± 2.6 (n=3)"]
+    assert ht["resnet50 · long-tail · flip+noise"][3:6] == ["60.0 (n=1)", "50.0 (n=1)",
+                                                            "10.0 (n=1)"]
+    assert ht["rnn · long-tail · none"][1:4] == ["missing", "0 of 3", "—"]
+
+
+def finding(report, claim: str) -> list[str]:
+    rows = cells_of(section(report.read_text(), "## Findings"))
+    return next(r for r in rows if r[0] == claim)
 
 
 def test_report_findings(report):
-    md, lt, _ = report
-    f = section(md.read_text(), "## Findings")
-    assert "| cnn: long-tail test accuracy below balanced | holds | balanced 70.0% vs " \
-           "long-tail 50.0% (-20.0 pts) |" in f
-    assert "| rnn: long-tail test accuracy below balanced | cannot tell | rnn · balanced · " \
-           "none is failed; rnn · long-tail · none is missing |" in f
-    assert "| cnn · long-tail · none: tail accuracy below head | holds |" in f
-    assert "| cnn: flip+noise narrows the long-tail gap | holds |" in f
-    assert "resnet50 · long-tail · none is not in the grid" in f
-    html = (md.parent / "report.html").read_text()
-    assert '<td class="yes">holds</td>' in html and '<td class="missing">missing</td>' in html
+    _, verdict, numbers, why = finding(report, "cnn: long-tail test accuracy below balanced")
+    ci = st.ttest_ind([0.49, 0.50, 0.51], [0.69, 0.70, 0.71], equal_var=False) \
+        .confidence_interval()
+    assert verdict == "holds" and why == ""
+    assert numbers.startswith("balanced · none 70.0 ± 1.0 (n=3) vs long-tail · none "
+                              "50.0 ± 1.0 (n=3); Δ −20.0 pts, 95% CI "
+                              f"[−{-100 * ci.low:.1f}, −{-100 * ci.high:.1f}], p ")
+    assert numbers.endswith("(Welch, n = 3 vs 3)")
+    assert finding(report, "rnn: long-tail test accuracy below balanced")[1:] == [
+        "inconclusive", "—", "rnn · balanced · none is failed; rnn · long-tail · none is missing"]
+    tail = finding(report, "cnn · long-tail · none: tail accuracy below head")
+    assert tail[1] == "holds" and "(paired t, n = 3)" in tail[2]
+    assert "balanced control's gap 4.0 ± 0.0 (n=3)" in tail[2]
+    one = finding(report, "resnet50 · long-tail · flip+noise: tail accuracy below head")
+    assert one[1:] == ["inconclusive", "tail 50.0 (n=1) vs head 60.0 (n=1); Δ −10.0 pts "
+                       "(paired t, n = 1)", "one repetition: no spread to test against; run "
+                       "with --seeds 3 or more"]
+    assert finding(report, "rnn · long-tail · none: tail accuracy below head")[3] == \
+        "cell is missing"
+    assert finding(report, "cnn: flip+noise narrows the long-tail gap")[1] == "holds"
+    assert finding(report, "cnn: flip+noise raises tail accuracy")[1] == "holds"
+    assert finding(report, "resnet50: flip+noise raises tail accuracy")[3] == \
+        "resnet50 · long-tail · none is not in the grid"
+    text = report.read_text()
+    assert "Welch's two-sample t-test" in section(text, "## Findings")
+    assert "With one repetition per cell there is no spread" in text
+    html = (report.parent / "report.html").read_text()
+    assert '<td class="holds">holds</td>' in html
+    assert '<td class="inconclusive">inconclusive</td>' in html
+    assert '<td class="missing">missing</td>' in html
 
 
-def test_findings_that_do_not_hold():
-    from tracking.report import Row, findings_table
-
-    def row(s, test, head, tail):
-        m = {"final_test_acc": test, "head_acc": head, "tail_acc": tail, "tail_gap": head - tail}
-        return Row(s, status="measured", metrics=m)
-
-    # long-tail above balanced, tail above head, and flip+noise widening the gap
-    rows = [row(spec("rnn", "balanced", "none"), 0.40, 0.5, 0.5),
-            row(spec("rnn", "long-tail", "none"), 0.45, 0.4, 0.45),
-            row(spec("rnn", "long-tail", "flip+noise"), 0.45, 0.6, 0.3)]
-    verdicts = [r[1][0] for r in findings_table(rows).rows]
-    # below-balanced, tail-below-head (x2), narrows-gap
-    assert verdicts == ["does not hold", "does not hold", "holds", "does not hold"]
+def test_repetitions_that_did_not_count(report):
+    rows = cells_of(section(report.read_text(), "## Repetitions that did not count"))
+    assert rows[1:] == [
+        ["rnn · balanced · none", "0", "error", "RuntimeError: CUDA out of memory. Tried to "
+                                                "allocate 2 GiB"],
+        ["rnn · balanced · none", "1", "error", "KILLED"],  # no reason: the run's status
+        ["cnn · long-tail · none", "3", "did-not-learn",
+         "predicted 'frog' for 99% of the test images"]]
 
 
-def test_report_needs_the_experiment(report):
-    _, _, uri = report
-    with pytest.raises(ValueError, match="no MLflow experiment 'nope'"):
-        build_report(uri, "nope", EXPECTED)
+def test_findings_contradicted_and_overlapping():
+    from tracking.findings import expected_cells, findings_table
+
+    cells = [spec("rnn", "balanced", "none"), spec("rnn", "long-tail", "none"),
+             spec("rnn", "long-tail", "flip+noise")]
+    rows = pd.DataFrame(
+        # long-tail clearly above balanced; tail clearly above head; flip+noise's gap and
+        # tail overlapping long-tail's
+        [rep(cells[0], r, test=0.40 + 0.01 * r) for r in range(3)]
+        + [rep(cells[1], r, test=0.50 + 0.01 * r, head=0.40 + 0.01 * r, tail=0.50 + 0.01 * r)
+           for r in range(3)]
+        + [rep(cells[2], r, head=h, tail=t) for r, (h, t) in
+           enumerate([(0.40, 0.46), (0.45, 0.55), (0.41, 0.45)])])
+    table = findings_table(expected_cells(rows, cells))
+    verdicts = {r[0]: (r[1][0], r[3]) for r in table.rows}
+    assert verdicts["rnn: long-tail test accuracy below balanced"][0] == "contradicted"
+    assert verdicts["rnn · long-tail · none: tail accuracy below head"][0] == "contradicted"
+    assert verdicts["rnn: flip+noise narrows the long-tail gap"] == (
+        "inconclusive", "the 95% CI of the difference includes 0")
+    assert verdicts["rnn: flip+noise raises tail accuracy"][0] == "inconclusive"
+
+
+def test_heatmap_and_bars_use_the_repetitions_that_learned(monkeypatch):
+    from tracking import report as report_module
+    from tracking.findings import expected_cells
+
+    seen = {}
+    monkeypatch.setattr(plots, "per_class_heatmap",
+                        lambda labels, classes, values, title, tail: seen.update(
+                            labels=labels, values=values) or plots.Figure())
+    monkeypatch.setattr(plots, "cell_accuracy_bars",
+                        lambda cells, measured, reference, title, notes, errors: seen.update(
+                            measured=measured, errors=errors) or plots.Figure())
+    cells = expected_cells(results(), EXPECTED)
+    report_module.heatmap_image(cells)
+    report_module.bars_image(cells)
+    assert seen["labels"][2] == "cnn · long-tail · none (n=3)"
+    assert seen["labels"][3] == "rnn · long-tail · none (missing)"
+    # tail classes 20/25/21 (the collapsed repetition's 0 left out), head 80/82/84
+    np.testing.assert_allclose(seen["values"][2], [22] * 5 + [82] * 5)
+    assert np.isnan(seen["values"][3]).all()
+    assert seen["measured"][:3] == pytest.approx([70.0, None, 50.0])
+    assert seen["errors"][2] == pytest.approx(1.0) and seen["errors"][4] is None
+
+
+def test_results_table():
+    lines = results_table(results(), EXPECTED).splitlines()
+    assert re.split(r"\s{2,}", lines[0]) == ["cell", "n/N", "train acc", "test acc",
+                                              "tail acc", "status"]
+    rows = [re.split(r"\s{2,}", line.strip()) for line in lines[1:]]
+    assert rows[0] == ["cnn · balanced · none", "3/3", "90.0 ± 1.0", "70.0 ± 1.0",
+                       "69.0 ± 1.0", "measured"]
+    assert rows[1] == ["rnn · balanced · none", "0/3", "—", "—", "—",
+                       "failed: RuntimeError: CUDA out of memory. Tried to allocate 2 GiB"]
+    assert rows[2] == ["cnn · long-tail · none", "3/4", "99.0 ± 0.0", "50.0 ± 1.0",
+                       "22.0 ± 2.6", "measured"]
+    assert rows[3] == ["rnn · long-tail · none", "0/3", "—", "—", "—", "missing"]
+    assert rows[4][1:] == ["1/1", "95.0", "55.0", "50.0", "measured"]
+    assert len(rows) == len(EXPECTED)
+    # the numbers line up on the right
+    assert len({line.index("measured") for line in lines if line.endswith("measured")}) == 1
+
+
+def test_report_with_no_results_yet(tmp_path):
+    md = build_report(pd.DataFrame(), EXPECTED, "x", "sqlite:///m.db", out_root=tmp_path)
+    text = md.read_text()
+    assert "6 cells expected; 6 missing" in text and "No per-class accuracies" in text
+    assert "Every recorded repetition learned." in text
+    assert all(line.endswith("missing") for line in
+               results_table(pd.DataFrame(), EXPECTED).splitlines()[1:])
+
+
+def test_results_without_the_columns_are_explained():
+    with pytest.raises(ValueError, match="no column.*outcome.*load_results"):
+        results_table(pd.DataFrame({"cell_key": ["a"]}), EXPECTED)

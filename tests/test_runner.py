@@ -1,23 +1,32 @@
-"""The grid runner against a real MLflow SQLite store: one run per cell, skip, force, FAILED,
-KILLED, and bad input refused before anything is trained."""
+"""The grid runner against a real MLflow SQLite store: a top-level run per cell with its
+repetitions nested, statistics over them, skip, more seeds, force, FAILED, KILLED, a fit that
+did not learn, and bad input refused before anything is trained."""
 
+import dataclasses
 import json
 
 import mlflow
+import pandas as pd
 import pytest
 import torch
 from conftest import CIFAR_CLASSES, learnable_images
+from torch import nn
 
 from benchmark import runner
 from benchmark.cells import Cell, GridEntry
 from benchmark.cli import main
 from benchmark.data import Dataset
+from benchmark.models import MODELS
+from tracking.results import load_results, write_results
 from tracking.store import Store
 
-CELLS = [Cell("cnn", "long-tail", "none", epochs=2, batch_size=64, lr=0.05, dataset="synthetic",
-              profile="quick", tail_fraction=0.2),
-         Cell("rnn", "long-tail", "flip+noise", epochs=1, batch_size=64, lr=0.05,
+# batch 8: the learnable images are learnt in two epochs (a fit that learns nothing is now
+# rejected, so these cells must learn)
+CELLS = [Cell("cnn", "long-tail", "none", epochs=2, batch_size=8, lr=0.05, dataset="synthetic",
+              profile="quick", tail_fraction=0.2, seeds=2),
+         Cell("cnn", "long-tail", "flip+noise", epochs=2, batch_size=8, lr=0.05,
               dataset="synthetic", profile="quick", tail_fraction=0.2)]
+
 
 
 @pytest.fixture(scope="module")
@@ -51,46 +60,78 @@ def cell_runs(store):
                               filter_string="tags.tailbench_kind = 'cell'")
 
 
-def test_two_cells_are_two_nested_runs_with_params_tags_curves_and_artifacts(store, data):
+def runs_of(store, kind):
+    mlflow.set_tracking_uri(store.uri)
+    return mlflow.search_runs(experiment_names=[store.experiment_name],
+                              filter_string=f"tags.tailbench_kind = '{kind}'")
+
+
+def test_a_cell_is_a_top_level_run_with_its_repetitions_nested(store, data):
     outcomes = run(store, data)
     assert [o.status for o in outcomes] == ["finished", "finished"]
-    runs = cell_runs(store)
-    assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"}
-    parents = mlflow.search_runs(experiment_names=[store.experiment_name],
-                                 filter_string="tags.tailbench_kind = 'invocation'")
-    assert len(parents) == 1
-    assert set(runs["tags.mlflow.parentRunId"]) == {parents["run_id"][0]}
-    cnn = runs[runs["tags.model"] == "cnn"].iloc[0]
+    cells = cell_runs(store)
+    assert len(cells) == 2 and set(cells["status"]) == {"FINISHED"}
+    # one row per cell in the runs table: no parent above the cells, no invocation runs
+    assert "tags.mlflow.parentRunId" not in cells or cells["tags.mlflow.parentRunId"].isna().all()
+    assert not len(runs_of(store, "invocation"))
+    cnn = cells[cells["tags.augment"] == "none"].iloc[0]
     assert cnn["tags.cell_key"] == CELLS[0].key and cnn["params.epochs"] == "2"
-    assert cnn["tags.variant"] == "long-tail" and cnn["tags.dataset"] == "synthetic"
-    assert json.loads(cnn["tags.class_counts"])["airplane"] == 5  # 25 cut to 20%
+    assert cnn["tags.invocation"] and cnn["tags.seeds"] == "2" and "params.seeds" not in cnn
+    assert cnn["metrics.repetitions"] == 2 and cnn["metrics.repetitions_ok"] == 2
+    reps = runs_of(store, "repetition")
+    mine = reps[reps["tags.mlflow.parentRunId"] == cnn["run_id"]].sort_values("tags.repetition")
+    assert list(mine["tags.repetition"]) == ["0", "1"] and set(mine["tags.outcome"]) == {"ok"}
+    assert mine["tags.rep_seed"].nunique() == 2
+    # the cell's statistics are those of its repetitions
+    accs = mine["metrics.final_test_acc"]
+    assert cnn["metrics.test_acc_mean"] == pytest.approx(accs.mean())
+    assert cnn["metrics.test_acc_std"] == pytest.approx(accs.std(ddof=1))
+    assert cnn["metrics.test_acc_ci95"] == pytest.approx(12.7062 * accs.std(ddof=1) / 2 ** 0.5,
+                                                         rel=1e-4)  # t(0.975, 1) = 12.7062
+    rep = mine.iloc[0]
+    assert json.loads(rep["tags.class_counts"])["airplane"] == 5  # 25 cut to 20%
     for key in ("final_train_acc", "final_test_acc", "head_acc", "tail_acc", "balanced_acc",
                 "macro_f1", "acc_airplane"):
-        assert 0 <= cnn[f"metrics.{key}"] <= 1, key
+        assert 0 <= rep[f"metrics.{key}"] <= 1, key
     client = mlflow.MlflowClient(store.uri)
-    curve = client.get_metric_history(cnn["run_id"], "test_acc")
-    assert [m.step for m in curve] == [1, 2]
-    full = client.get_run(cnn["run_id"])
-    assert full.inputs.dataset_inputs[0].dataset.digest == ("ab" * 32)[:36]
-    files = {a.path for a in client.list_artifacts(cnn["run_id"])}
-    assert {"model", "figures", "reports"} <= files
-    weights = client.list_artifacts(cnn["run_id"], "model")
-    assert [a.path for a in weights] == ["model/state_dict.pt"] and weights[0].file_size > 1000
-    flip = runs[runs["tags.augment"] == "flip+noise"].iloc[0]
+    assert [m.step for m in client.get_metric_history(rep["run_id"], "test_acc")] == [1, 2]
+    assert client.get_run(rep["run_id"]).inputs.dataset_inputs[0].dataset.digest == \
+        ("ab" * 32)[:36]
+    assert {"model", "figures", "reports"} <= {a.path for a in client.list_artifacts(
+        rep["run_id"])}
+    figures = {a.path for a in client.list_artifacts(cnn["run_id"], "figures")}
+    assert {"figures/mean_accuracy.png", "figures/mean_loss.png",
+            "figures/per_class_accuracy_mean.png"} <= figures
+    oversampled = cells[cells["tags.augment"] == "flip+noise"].iloc[0]
+    flip = reps[reps["tags.mlflow.parentRunId"] == oversampled["run_id"]].iloc[0]
     assert "adds" in flip["tags.augment_note"]
 
 
-def test_rerun_skips_finished_cells_and_force_reruns(store, data, monkeypatch):
-    run(store, data)
+def test_a_rerun_trains_only_missing_repetitions_and_force_starts_a_new_cell_run(
+        store, data, monkeypatch):
+    run(store, data, cells=CELLS[:1])
+    first = cell_runs(store).iloc[0]
     trained = []
-    monkeypatch.setattr(runner, "fit", lambda *a, **k: trained.append(1) or [])
-    outcomes = run(store, data)
-    assert [o.status for o in outcomes] == ["skipped", "skipped"] and not trained
-    assert outcomes[0].metrics["final_test_acc"] > 0  # shown from the finished run
-    monkeypatch.undo()
-    outcomes = run(store, data, cells=CELLS[:1], force=True)
-    assert [o.status for o in outcomes] == ["finished"]
-    assert len(cell_runs(store)) == 3
+    real_fit = runner.fit
+    monkeypatch.setattr(runner, "fit", lambda *a, **k: trained.append(k["seed"]) or
+                        real_fit(*a, **k))
+    assert [o.status for o in run(store, data, cells=CELLS[:1])] == ["skipped"]
+    assert not trained
+    more = dataclasses.replace(CELLS[0], seeds=3)
+    assert more.key == CELLS[0].key  # more repetitions: the same cell
+    [outcome] = run(store, data, cells=[more])
+    assert outcome.status == "finished" and outcome.trained == 1
+    assert trained == [more.repetition_seed(2)]  # only the missing repetition 2
+    again = cell_runs(store)
+    assert len(again) == 1 and again.iloc[0]["run_id"] == first["run_id"]
+    assert again.iloc[0]["metrics.repetitions_ok"] == 3 and again.iloc[0]["tags.seeds"] == "3"
+    assert len(runs_of(store, "repetition")) == 3
+    trained.clear()
+    assert [o.status for o in run(store, data, cells=[more], force=True)] == ["finished"]
+    assert len(trained) == 3 and len(cell_runs(store)) == 2
+    df = load_results(store)  # the newest cell run's three repetitions
+    assert list(df["repetition"]) == [0, 1, 2] and df["cell_run_id"].nunique() == 1
+    assert df["cell_run_id"].iloc[0] != first["run_id"]
 
 
 def test_a_failing_cell_is_failed_with_its_error_and_the_next_still_runs(store, data,
@@ -98,19 +139,30 @@ def test_a_failing_cell_is_failed_with_its_error_and_the_next_still_runs(store, 
     real = runner.build_model
 
     def broken(name, *a, **k):
-        if name == "cnn":
+        if name == "rnn":
             raise RuntimeError("out of memory on purpose")
         return real(name, *a, **k)
 
     monkeypatch.setattr(runner, "build_model", broken)
-    outcomes = run(store, data)
+    cells = [dataclasses.replace(CELLS[0], model="rnn", epochs=1), CELLS[1]]
+    outcomes = run(store, data, cells=cells)
     assert [o.status for o in outcomes] == ["failed", "finished"]
     runs = cell_runs(store).set_index("tags.model")
-    assert runs.loc["cnn", "status"] == "FAILED"
-    assert "out of memory on purpose" in runs.loc["cnn", "tags.error"]
+    assert runs.loc["rnn", "status"] == "FAILED"
+    assert "out of memory on purpose" in runs.loc["rnn", "tags.error"]
+    reps = runs_of(store, "repetition")
+    [rep] = [r for _, r in reps.iterrows()
+             if r["tags.mlflow.parentRunId"] == runs.loc["rnn", "run_id"]]
+    assert rep["status"] == "FAILED" and "out of memory" in rep["tags.error"]
+    assert rep["tags.outcome"] if "tags.outcome" in rep and rep["tags.outcome"] else True
     monkeypatch.undo()
-    # a failed run is never taken as done: the next invocation trains it
-    assert [o.status for o in run(store, data)] == ["finished", "skipped"]
+    # a crashed repetition is never taken as done: the next invocation trains it again, in
+    # the same cell run (the rnn learns nothing in one epoch here, which is then its outcome)
+    assert [o.status for o in run(store, data, cells=cells)] == ["failed", "skipped"]
+    runs = cell_runs(store).set_index("tags.model")
+    assert len(runs) == 2 and "out of memory" not in runs.loc["rnn", "tags.error"]
+    df = load_results(store)
+    assert list(df[df["model"] == "rnn"]["outcome"]) == ["did-not-learn"] * 2
 
 
 def test_ctrl_c_ends_the_cell_killed_and_stops(store, data, monkeypatch):
@@ -123,8 +175,65 @@ def test_ctrl_c_ends_the_cell_killed_and_stops(store, data, monkeypatch):
         run(store, data)
     runs = cell_runs(store)
     assert list(runs["status"]) == ["KILLED"]  # the second cell never started
+    assert list(runs_of(store, "repetition")["status"]) == ["KILLED"]
     monkeypatch.undo()
     assert [o.status for o in run(store, data, cells=CELLS[:1])] == ["finished"]
+    assert cell_runs(store).iloc[0]["status"] == "FINISHED"
+
+
+class Constant(nn.Module):
+    """A model that ignores its input: SGD can only learn the class prior, so it ends up
+    predicting one class for every image, with a finite loss (a collapse, not a NaN)."""
+
+    def __init__(self, num_classes: int = 10, in_shape=(3, 32, 32)):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bias.expand(len(x), -1)  # (B, C): the same logits for every image
+
+
+def test_a_collapsed_fit_is_caught_and_never_a_result(store, data, monkeypatch):
+    monkeypatch.setitem(MODELS, "constant", Constant)
+    cell = dataclasses.replace(CELLS[0], model="constant", lr=0.5, epochs=3)
+    [outcome] = run(store, data, cells=[cell])
+    assert outcome.status == "failed" and "none of 2 repetitions learned" in outcome.error
+    reps = runs_of(store, "repetition")
+    assert list(reps["status"]) == ["FAILED", "FAILED"]
+    assert set(reps["tags.outcome"]) == {"did-not-learn"}
+    assert all(r.startswith("collapsed: predicts class") for r in reps["tags.reason"])
+    assert "metrics.final_test_acc" not in reps or reps["metrics.final_test_acc"].isna().all()
+    [cell_run] = [r for _, r in cell_runs(store).iterrows()]
+    assert cell_run["status"] == "FAILED" and "no repetition learned" in cell_run["tags.error"]
+    assert cell_run["metrics.repetitions_ok"] == 0
+    df = load_results(store)
+    assert list(df["outcome"]) == ["did-not-learn"] * 2 and df["reason"].str.len().min() > 0
+    # a collapse is an outcome, not a crash: a re-run does not train it again
+    assert [o.status for o in run(store, data, cells=[cell])] == ["skipped"]
+
+
+def test_a_collapsed_final_fit_falls_back_to_the_runner_up(store, data, monkeypatch):
+    monkeypatch.setitem(MODELS, "constant", Constant)
+    cell = dataclasses.replace(CELLS[0], seeds=1)
+    ranked = [dataclasses.replace(cell, model="constant"), dataclasses.replace(cell, lr=0.05)]
+    monkeypatch.setattr(runner, "_tune", lambda *a, **k: ranked)
+    assert [o.status for o in run(store, data, cells=[cell])] == ["finished"]
+    rep = runs_of(store, "repetition").iloc[0]
+    assert rep["tags.outcome"] == "ok" and rep["params.final_attempt"] == "2"
+    assert "collapsed" in rep["tags.final_rejected_1"]
+
+
+def test_the_results_table_round_trips_through_parquet(store, data, tmp_path):
+    run(store, data)
+    df = load_results(store)
+    assert len(df) == 3 and list(df.columns[:3]) == ["model", "variant", "augment"]
+    row = df[(df["model"] == "cnn") & (df["repetition"] == 1)].iloc[0]
+    assert row["seeds"] == 2 and row["epochs"] == 2 and row["lr"] == 0.05
+    assert row["rep_seed"] == CELLS[0].repetition_seed(1) and row["outcome"] == "ok"
+    assert row["status"] == "FINISHED" and 0 <= row["final_test_acc"] <= 1
+    path = write_results(df, tmp_path / "out" / "results.parquet")
+    back = pd.read_parquet(path)
+    pd.testing.assert_frame_equal(back, df)
 
 
 def test_cli_refuses_a_bad_grid_before_loading_any_data(tmp_path, monkeypatch, capsys):
@@ -151,11 +260,9 @@ def test_cli_refuses_a_malformed_tracking_uri_before_reading_data(tmp_path, monk
 
 
 def test_a_diverging_final_fit_falls_back_to_the_runner_up(store, data, monkeypatch):
-    import dataclasses
-
     from benchmark.train import Diverged
 
-    cell = CELLS[0]
+    cell = dataclasses.replace(CELLS[0], seeds=1)
     ranked = [dataclasses.replace(cell, lr=99.0), dataclasses.replace(cell, lr=0.05)]
     monkeypatch.setattr(runner, "_tune", lambda *a, **k: ranked)
     real_fit = runner.fit
@@ -167,8 +274,8 @@ def test_a_diverging_final_fit_falls_back_to_the_runner_up(store, data, monkeypa
 
     monkeypatch.setattr(runner, "fit", fit)
     assert [o.status for o in run(store, data, cells=[cell])] == ["finished"]
-    row = cell_runs(store).iloc[0]
+    row = runs_of(store, "repetition").iloc[0]
     assert row["params.final_lr"] == "0.05" and row["params.final_attempt"] == "2"
-    assert "lr 99" in row["tags.final_diverged_1"]
+    assert "lr 99" in row["tags.final_rejected_1"] and "diverged" in row["tags.final_rejected_1"]
     history = mlflow.MlflowClient(store.uri).get_metric_history(row["run_id"], "train_loss")
     assert [m.step for m in history] == [1, 2]  # only the fit that went through

@@ -24,8 +24,10 @@ from studies.tune import study_name
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-GRID = ('[[cell]]\nmodel = "rnn"\nvariant = "long-tail"\naugment = "none"\nepochs = {epochs}\n'
-        'batch_size = 32\nlr = 0.05\ntail_fraction = 0.5\nseed = {seed}\n')
+# batch 8: the cnn learns the learnable images in two epochs (a fit that does not learn is
+# not a result, and its cell would end FAILED)
+GRID = ('[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\naugment = "none"\nepochs = {epochs}\n'
+        'batch_size = 8\nlr = 0.05\ntail_fraction = 0.5\nseed = {seed}\n')
 SEEDS = itertools.count(int(time.time()) % 100000)  # a cell (key, study) of its own per test
 
 
@@ -70,7 +72,7 @@ class Bench:
         self.grid.write_text(GRID.format(epochs=epochs, seed=next(SEEDS)))
         self.args = ["run", "--grid", str(self.grid), "--profile", "paper", "--dataset",
                      "cifar10", "--data-dir", str(data_dir), "--no-report", "--trials",
-                     str(trials), "--storage", services["TAILBENCH_STORAGE"],
+                     str(trials), "--seeds", "1", "--storage", services["TAILBENCH_STORAGE"],
                      "--tracking-uri", services["MLFLOW_TRACKING_URI"]]
         self.env = os.environ | {"PGPASSFILE": services["PGPASSFILE"],
                                  "PYTHONPATH": str(ROOT), "TAILBENCH_HEARTBEAT": "1"}
@@ -93,8 +95,8 @@ class Bench:
         """The cell runs of this grid's cell, or the trial runs nested under them."""
         mlflow.set_tracking_uri(self.services["MLFLOW_TRACKING_URI"])
         exp = ["tailbench/cifar10/paper"]
-        cells = mlflow.search_runs(experiment_names=exp,
-                                   filter_string=f"tags.cell_key = '{self.cell.key}'")
+        cells = mlflow.search_runs(experiment_names=exp, filter_string=(
+            f"tags.cell_key = '{self.cell.key}' and tags.tailbench_kind = 'cell'"))
         if kind == "cell" or not len(cells):
             return cells
         trials = mlflow.search_runs(experiment_names=exp,
@@ -114,7 +116,7 @@ def wait(proc: subprocess.Popen, seconds: float = 400) -> str:
 def test_three_workers_share_a_study_and_run_each_trial_once(services, data_dir, tmp_path):
     bench = Bench(services, data_dir, tmp_path, trials=6)
     out = wait(bench.start("--workers", "3"))
-    assert "finished" in out, out
+    assert "done: 1 of 1 repetitions learned" in out, out
     study = bench.study()
     done = finished(study)
     assert len(done) == 6, [(t.number, t.state) for t in study.trials]
@@ -152,8 +154,10 @@ def test_a_worker_killed_mid_trial_and_the_study_still_completes(services, data_
     assert any("retry_of" in t.user_attrs or "retry_history" in t.system_attrs
                for t in study.trials)  # its parameters were tried again
     cells = bench.runs("cell")
-    assert sorted(cells["status"]) == ["FAILED", "FINISHED"], out  # the killed owner's run
-    assert "died" in cells[cells["status"] == "FAILED"]["tags.error"].iloc[0]
+    # the killed owner's cell run was ended FAILED, then taken up again and finished
+    assert list(cells["status"]) == ["FINISHED"], out
+    assert "died" in cells["tags.previous_error"].iloc[0]
+    assert "tags.error" not in cells or cells["tags.error"].isna().all()
     trials = bench.runs("trial")
     assert "RUNNING" not in set(trials["status"])  # the killed trial's run was ended too
 

@@ -26,7 +26,7 @@ from tracking.store import Store
 from tracking.study_plots import write_study_figures
 
 CPU = torch.device("cpu")
-BASE = dict(epochs=2, batch_size=64, lr=0.05, dataset="synthetic", profile="quick", trials=3)
+BASE = dict(epochs=2, batch_size=8, lr=0.05, dataset="synthetic", profile="quick", trials=3)
 PLAIN = Cell("cnn", "balanced", "none", **BASE)
 OVERSAMPLED = Cell("cnn", "long-tail", "flip+noise", tail_fraction=0.2, sigma=0.1, **BASE)
 
@@ -100,7 +100,10 @@ def test_two_cell_study_nests_trials_marks_pruned_and_records_best(tmp_path, dat
 
     monkeypatch.setattr(objective_mod, "make_augment", spy)
     store = store_at(tmp_path)
-    tuning = {"storage": str(tmp_path / "optuna" / "studies.journal"), "pruner": PruneOddTrials()}
+    # a space where batch-8 SGD neither diverges nor stalls: only the pruner stops trials
+    space = (Param("lr", 0.02, 0.1, log=True), SPACE[1])
+    tuning = {"storage": str(tmp_path / "optuna" / "studies.journal"), "pruner": PruneOddTrials(),
+              "space": space}
     outcomes = runner.run_grid([GridEntry(c, {}) for c in (PLAIN, OVERSAMPLED)], data, store,
                                device=CPU, tuning=tuning)
     assert [o.status for o in outcomes] == ["finished", "finished"], outcomes
@@ -142,7 +145,7 @@ def test_two_cell_study_nests_trials_marks_pruned_and_records_best(tmp_path, dat
 def test_a_diverging_learning_rate_prunes_its_trials_and_the_cell_still_finishes(
         tmp_path, data):
     store = store_at(tmp_path)
-    cell = dataclasses.replace(PLAIN, trials=2, epochs=1)
+    cell = dataclasses.replace(PLAIN, trials=2)
     tuning = {"storage": str(tmp_path / "optuna.journal"),
               "space": (Param("lr", 1e4, 1e5, log=True),)}
     [outcome] = runner.run_grid([GridEntry(cell, {})], data, store, device=CPU, tuning=tuning)
@@ -164,15 +167,14 @@ def test_a_study_resumes_to_more_trials_without_starting_over(tmp_path, data):
     store = store_at(tmp_path)
     storage = str(tmp_path / "optuna.journal")
     cell = dataclasses.replace(PLAIN, trials=2)
-    with store.invocation("resume", {}) as parent:
-        with parent.child(cell.name, "cell") as run:
-            first = tune_cell(cell, data, CPU, run, storage=storage)
-        more = dataclasses.replace(cell, trials=4)
-        assert study_name(more) == study_name(cell)  # the budget is not part of the study
-        with parent.child(more.name, "cell") as run:
-            second = tune_cell(more, data, CPU, run, storage=storage)
-        with parent.child(more.name, "cell") as run:
-            third = tune_cell(more, data, CPU, run, storage=storage)
+    with store.cell_run(cell.name, {}) as run:
+        first = tune_cell(cell, data, CPU, run, storage=storage)
+    more = dataclasses.replace(cell, trials=4, seeds=5)
+    assert study_name(more) == study_name(cell)  # the budget is not part of the study
+    with store.cell_run(more.name, {}) as run:
+        second = tune_cell(more, data, CPU, run, storage=storage)
+    with store.cell_run(more.name, {}) as run:
+        third = tune_cell(more, data, CPU, run, storage=storage)
     assert first.complete + first.pruned == 2
     assert second.complete + second.pruned == 4
     before, after = first.summary.trials, second.summary.trials
@@ -180,6 +182,24 @@ def test_a_study_resumes_to_more_trials_without_starting_over(tmp_path, data):
     assert third.epochs_trained == second.epochs_trained  # enough trials: nothing trained
     assert third.best == second.best and "lr" in third.best
     assert len(runs_of(MlflowClient(store.uri), store, "trial")) == 4
+
+
+def test_each_cell_samples_points_of_its_own():
+    """The sampler's seed comes from the cell's study key: two cells that differ in one field
+    draw different random start-up points (a seed shared by every cell made every study try
+    the same learning rates), while the same cell draws the same ones again."""
+    from studies.tune import make_sampler
+
+    def first_lrs(cell, n=4):
+        study = optuna.create_study(sampler=make_sampler(cell, 0), direction="maximize")
+        study.optimize(lambda t: t.suggest_float("lr", 1e-3, 3.0, log=True), n_trials=n)
+        return [t.params["lr"] for t in study.trials]
+
+    other = dataclasses.replace(PLAIN, variant="long-tail")
+    assert first_lrs(PLAIN) == first_lrs(PLAIN)
+    assert not set(first_lrs(PLAIN)) & set(first_lrs(other))
+    # the budget is not part of the key: the random start-up points stay the same
+    assert first_lrs(dataclasses.replace(PLAIN, trials=9), 2) == first_lrs(PLAIN, 2)
 
 
 def test_the_default_pruner_prunes_a_poor_third_trial():

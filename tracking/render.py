@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+# a number, or a mean ± std (n=…) as benchmark.stats writes it: "−1.9", "71.9 ± 1.2 (n=3)"
+NUMBER = re.compile(r"[+\-\u2212]?\d+(\.\d+)?( ± \d+(\.\d+)?)?( \(n=\d+\))?")
 
 Cell = str | tuple[str, str]  # a table cell: text, or (text, css class) for HTML colouring
 
@@ -74,9 +78,9 @@ th { background: #f0f3f8; font-weight: 600; }
 tr:nth-child(even) td { background: #fafafa; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.missing, td.running { color: #888; font-style: italic; }
-td.failed, td.killed, td.no { color: #b22222; font-weight: 600; }
-td.measured, td.yes { color: #2e7d32; font-weight: 600; }
-td.unknown { color: #888; }
+td.failed, td.killed, td.contradicted { color: #b22222; font-weight: 600; }
+td.measured, td.holds { color: #2e7d32; font-weight: 600; }
+td.inconclusive { color: #888; }
 img { max-width: 100%; display: block; margin: 1em 0; border: 1px solid #eee; }
 pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: 12.5px;
       white-space: pre-wrap; }
@@ -86,7 +90,7 @@ pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: 12.5px;
 def _html_cell(cell: Cell) -> str:
     text, cls = (cell if isinstance(cell, tuple) else (str(cell), ""))
     # numbers right-aligned, so a column of accuracies reads by its decimal points
-    if not cls and (text == "—" or text.lstrip("+-").replace(".", "", 1).isdigit()):
+    if not cls and (text == "—" or NUMBER.fullmatch(text)):
         cls = "num"
     attr = f' class="{html.escape(cls)}"' if cls else ""
     return f"<td{attr}>{html.escape(text)}</td>"

@@ -1,5 +1,6 @@
-"""MLflow runs: one experiment per dataset and profile, a parent run per invocation, a nested
-run per cell (and per Optuna trial). The only module that writes to MLflow."""
+"""MLflow runs: one experiment per dataset and profile, a top-level run per cell (one row of
+the runs table), and nested under it a run per repetition and per Optuna trial. The only
+module that writes to MLflow."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag  # noq
 from mlflow.exceptions import MlflowException  # noqa: E402
 
 DEFAULT_URI = "sqlite:///runs/mlflow.db"
-KIND = "tailbench_kind"  # tag: "invocation", "cell" or "trial"
+KIND = "tailbench_kind"  # tag: "cell" (top level), "repetition" or "trial" (nested under it)
 # MLflow 3's UI opens an experiment on its GenAI (traces) pages unless told it trains models
 KIND_TAG = {"mlflow.experimentKind": "custom_model_development"}
 
@@ -51,6 +52,7 @@ class RunLog:
 
     def __init__(self, client: MlflowClient, run_id: str, experiment_id: str):
         self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+        self.status: str | None = None  # set once this process ends the run
 
     def log_params(self, params: dict[str, object]) -> None:
         self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
@@ -94,6 +96,7 @@ class RunLog:
 
     def end(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status=status, end_time=_now())
+        self.status = status
 
     def end_lost(self, run_ids: list[str], reason: str) -> None:
         """End runs that a dead worker left RUNNING as FAILED, with the reason."""
@@ -138,12 +141,13 @@ def _ended(log: RunLog) -> Iterator[RunLog]:
         log.end("KILLED")
         raise
     except BaseException as e:
-        if log.client.get_run(log.run_id).info.status not in ("KILLED", "FAILED"):
+        if log.status is None:  # not already ended on purpose (a pruned trial is KILLED)
             log.set_tags({"error": f"{type(e).__name__}: {e}"[:4000]})
             log.end("FAILED")
         raise
     else:
-        log.end("FINISHED")
+        if log.status is None:  # the body may end it itself (FAILED, with its reason)
+            log.end("FINISHED")
 
 
 class Store:
@@ -194,31 +198,66 @@ class Store:
             raise TrackingError(f"tracking store {self.uri} cannot be reached: "
                                 f"{type(e).__name__}: {e}") from None
 
-    def finished(self) -> dict[str, dict[str, float]]:
-        """{cell_key: final metrics} of every FINISHED cell run: the work a re-run skips
-        (a FAILED or KILLED run never counts)."""
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            f"tags.{KIND} = 'cell' and attributes.status = 'FINISHED'", max_results=50000)
-        return {r.data.tags.get("cell_key"): r.data.metrics for r in runs}
+    def search(self, filter_string: str, order_by: list[str] | None = None) -> list:
+        """Every run of the experiment that matches, all pages."""
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string,
+                                           max_results=1000, order_by=order_by,
+                                           page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
 
-    def finished_metrics(self, key: str) -> dict[str, float] | None:
-        """The final metrics of the FINISHED cell run with this key, or None if there is none."""
+    def latest_cell_run(self, key: str):
+        """The newest top-level run of the cell with this key, whatever its status, or None:
+        the run a re-run adds its missing repetitions to."""
         runs = self.client.search_runs(
-            [self.experiment_id], f"tags.{KIND} = 'cell' and tags.cell_key = '{key}' and "
-            "attributes.status = 'FINISHED'", max_results=1)
-        return runs[0].data.metrics if runs else None
+            [self.experiment_id], f"tags.{KIND} = 'cell' and tags.cell_key = '{key}'",
+            max_results=1, order_by=["attributes.start_time DESC"])
+        return runs[0] if runs else None
+
+    def children(self, run_id: str, kind: str) -> list:
+        """The runs of one kind nested under a run (repetitions or trials of a cell)."""
+        return self.search(f"tags.{KIND} = '{kind}' and tags.mlflow.parentRunId = '{run_id}'")
 
     def run_log(self, run_id: str) -> RunLog:
         """An existing run (another worker's cell run, to nest trials under)."""
         return RunLog(self.client, run_id, self.experiment_id)
 
+    def end_lost(self, run_ids: list[str], reason: str) -> None:
+        """End runs that a dead worker left RUNNING as FAILED, with the reason."""
+        RunLog(self.client, "", self.experiment_id).end_lost(run_ids, reason)
+
     @contextmanager
-    def invocation(self, name: str, tags: dict[str, object]) -> Iterator[RunLog]:
-        run = self.client.create_run(self.experiment_id, run_name=name, tags={
-            KIND: "invocation", "git_commit": git_commit(), **{k: str(v) for k, v in tags.items()}})
-        with _ended(RunLog(self.client, run.info.run_id, self.experiment_id)) as log:
+    def cell_run(self, name: str, tags: dict[str, object], reopen: str | None = None
+                 ) -> Iterator[RunLog]:
+        """A cell's top-level run: the run `reopen` (an earlier invocation's run of the same
+        cell, set RUNNING again to take more repetitions), or a new one. Ends FINISHED, or
+        FAILED / KILLED as `_ended` says, unless the body ends it itself."""
+        tags = {k: str(v) for k, v in tags.items()}
+        if reopen:
+            self.client.update_run(reopen, status="RUNNING")
+            run_id = reopen
+            error = self.client.get_run(run_id).data.tags.get("error")
+            if error:  # why it stopped last time; the run goes on, so it is no longer its error
+                tags["previous_error"] = error
+                self.client.delete_tag(run_id, "error")
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        else:
+            run_id = self.client.create_run(self.experiment_id, run_name=name,
+                                            tags={KIND: "cell", **tags}).info.run_id
+        with _ended(RunLog(self.client, run_id, self.experiment_id)) as log:
             yield log
+
+    def metric_histories(self, run_id: str, keys: list[str]) -> list[dict[str, float]]:
+        """A run's per-epoch curves back as fit's history: [{key: value} for each epoch]."""
+        epochs: dict[int, dict[str, float]] = {}
+        for key in keys:
+            for m in self.client.get_metric_history(run_id, key):
+                epochs.setdefault(m.step, {})[key] = m.value
+        return [epochs[step] for step in sorted(epochs)]
 
 
 def tag_json(value: object) -> str:
