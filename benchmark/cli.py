@@ -200,8 +200,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     source, _ = resolve_name(args.dataset, Path(args.data_dir or default_data_dir()))
     entries = expand(args.grid, args.profile, source, overrides=_overrides(args))
+    # without --seeds, each cell counts the repetitions its last run asked for (its `seeds`
+    # tag): a report after `run --seeds 6` shows all six
     _finish(Store(args.tracking_uri, f"tailbench/{source}/{args.profile}"), entries,
-            report=args.command == "report", out=args.out)
+            report=args.command == "report", out=args.out, asked=args.seeds is not None)
     return 0
 
 
@@ -236,16 +238,18 @@ def _spawn_workers(args: argparse.Namespace, n: int, store, entries, device) -> 
     return max(codes) if any(codes) else int(any(e.cell.key not in ok for e in entries))
 
 
-def _finish(store, entries, report: bool, out: str | None = None):
-    """The results table from MLflow: written to Parquet, printed, and made into the report.
-    Returns it."""
+def _finish(store, entries, report: bool, out: str | None = None, asked: bool = True):
+    """The results table from MLflow: written to Parquet, printed, and made into the report
+    (each cell with the repetitions its entry asks for, or with `asked` False those its runs
+    last asked for). Returns it."""
     from tracking.report import build_report, results_table
     from tracking.results import default_path, load_results, write_results
 
     df = load_results(store)
     path = write_results(df, Path(out) if out else default_path(store))
     expected = [{"key": e.cell.key, "name": e.cell.name, "model": e.cell.model,
-                 "variant": e.cell.variant, "augment": e.cell.augment, "seeds": e.cell.seeds,
+                 "variant": e.cell.variant, "augment": e.cell.augment,
+                 "seeds": e.cell.seeds, "seeds_from_runs": not asked,
                  "table": e.reference.get("table"),
                  "reference": {k: v for k, v in e.reference.items() if k != "table"}}
                 for e in entries]

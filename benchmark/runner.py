@@ -26,7 +26,15 @@ from benchmark.data import Dataset
 from benchmark.data.augment import NoAugment, make_augment
 from benchmark.data.variants import TAIL_CLASSES, class_counts, make_variant
 from benchmark.stats import summarize
-from benchmark.train import Diverged, Split, build_model, did_not_learn, evaluate, fit
+from benchmark.train import (
+    Diverged,
+    Split,
+    build_model,
+    did_not_learn,
+    evaluate,
+    final_train_balanced_acc,
+    fit,
+)
 from tracking import results
 from tracking.store import RunLog, Store, git_commit, tag_json
 
@@ -146,8 +154,9 @@ def _final_fit(candidates: list[Cell], prep: Prepared, run: RunLog, seed: int,
                           batch_size=tuned.batch_size, lr=tuned.lr, seed=seed,
                           augment=prep.augment, progress=progress)
             final = evaluate(model, prep.test, tuned.batch_size)
-            why = did_not_learn(history[-1]["train_balanced_acc"] if history else 0.0,
-                                final["preds"], num_classes)
+            balanced = final_train_balanced_acc(model, prep.train, history, num_classes,
+                                                tuned.batch_size)
+            why = did_not_learn(balanced, final["preds"], num_classes)
         except Diverged as e:
             why = f"diverged: {e}"
         if not why:
@@ -230,7 +239,7 @@ def summarize_cell(store: Store, run: RunLog, cell: Cell, cell_run) -> tuple[int
         return 0, f"failed: none of {len(df)} repetitions learned"
     test = summarize(ok["final_test_acc"])
     return len(ok), (f"done: {len(ok)} of {cell.seeds} repetitions learned; test accuracy "
-                     f"{test.text()}%")
+                     f"(%) {test.text()}")
 
 
 def run_grid(entries: list[GridEntry], data: Dataset, store: Store, *, device: torch.device,

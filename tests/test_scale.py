@@ -66,7 +66,7 @@ def data_dir(tmp_path_factory):
 class Bench:
     """One tiny grid (one rnn cell) on the shared stores, driven through the command line."""
 
-    def __init__(self, services, data_dir, folder: Path, trials: int, epochs: int = 2):
+    def __init__(self, services, data_dir, folder: Path, trials: int, epochs: int = 3):
         self.services, self.trials = services, trials
         self.grid = folder / "grid.toml"
         self.grid.write_text(GRID.format(epochs=epochs, seed=next(SEEDS)))

@@ -12,6 +12,7 @@ from benchmark.train import (
     Split,
     balanced_accuracy,
     build_model,
+    did_not_learn,
     evaluate,
     fit,
     resolve_device,
@@ -187,3 +188,27 @@ def test_absent_cuda_is_an_error_that_says_what_to_do():
 def test_unknown_device_names_the_choices(name):
     with pytest.raises(ValueError, match="unknown device .*choose one of auto, cpu, cuda, mps"):
         resolve_device(name)
+
+
+def test_a_late_learner_is_judged_by_its_final_weights(trained, learnable_split, monkeypatch):
+    """The last epoch's running balanced accuracy is a lower bound; below the limit the final
+    weights are evaluated on the training set, above it nothing is evaluated."""
+    from benchmark import train as train_mod
+
+    model, history, _ = trained
+    train, _ = learnable_split
+    late = [{**history[-1], "train_balanced_acc": 0.05}]  # as if it learned in its last steps
+    final = train_mod.final_train_balanced_acc(model, train, late, 10, 64)
+    assert final == evaluate(model, train, 64)["balanced_acc"] > 0.5
+    assert train_mod.did_not_learn(final, evaluate(model, learnable_split[1])["preds"], 10) == ""
+    monkeypatch.setattr(train_mod, "evaluate", lambda *a, **k: pytest.fail("evaluated"))
+    assert train_mod.final_train_balanced_acc(model, train, history, 10) == \
+        history[-1]["train_balanced_acc"]
+
+
+def test_did_not_learn_names_the_collapse():
+    one_class = torch.full((100,), 3)
+    assert did_not_learn(0.9, one_class, 10).startswith("collapsed: predicts class 3 for 100%")
+    spread = torch.arange(100) % 10
+    assert did_not_learn(0.12, spread, 10).startswith("did not learn: balanced training")
+    assert did_not_learn(0.16, spread, 10) == ""  # 1.6x chance: it learned something

@@ -88,10 +88,12 @@ class CellResult:
 
 
 def _asked(spec: dict, rows: pd.DataFrame) -> int:
-    if spec.get("seeds"):
-        return int(spec["seeds"])
-    # an older caller without "seeds": what the repetitions say was asked
-    return int(rows["seeds"].max()) if "seeds" in rows.columns and len(rows) else 1
+    """N: the spec's seeds, or with `seeds_from_runs` (no --seeds on the command line) what
+    the cell's last run asked for, so a report after `run --seeds 6` counts all six."""
+    from_runs = spec.get("seeds_from_runs") or not spec.get("seeds")
+    if from_runs and "seeds" in rows.columns and len(rows):
+        return int(rows["seeds"].max())
+    return int(spec.get("seeds") or 1)
 
 
 def _cell(spec: dict, rows: pd.DataFrame) -> CellResult:
