@@ -41,6 +41,7 @@ test-fast: install
 
 lint: install
 	.venv/bin/ruff check .
+	.venv/bin/lint-imports
 
 benchmark: install
 	.venv/bin/tailbench run --grid $(GRID) --profile $(PROFILE) --dataset $(DATASET) \

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +46,14 @@ class Cell:
     seed: int = 0  # the cell's base seed; repetition r trains with repetition_seed(r)
     seeds: int = 1  # repetitions: trainings of the tuned parameters, each with its own seed
 
+    def __post_init__(self) -> None:
+        """Check every field, so a cell made in code (or by dataclasses.replace, which runs
+        this again) is checked like one read from a grid file: a GridError names the field.
+        Numbers become plain Python numbers (a results table holds numpy ones; lr = 1 is the
+        float 1.0), so equal cells have equal keys."""
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _checked(f.name, f.type, getattr(self, f.name)))
+
     @property
     def key(self) -> str:
         """A stable hash of every field but `seeds`: the MLflow tag that lets a re-run skip
@@ -77,8 +87,40 @@ class Cell:
 
 CELL_FIELDS = {f.name: f for f in dataclasses.fields(Cell)}
 REQUIRED = [n for n, f in CELL_FIELDS.items() if f.default is dataclasses.MISSING]
-CHOICES = {"model": MODELS, "variant": VARIANTS, "augment": AUGMENTS}
+CHOICES = {"model": MODELS, "variant": VARIANTS, "augment": AUGMENTS}  # registry-named fields
 NOTES = {"table", "reference_train_acc", "reference_test_acc"}  # reference data, not settings
+RANGES = {  # field -> (whether a value is allowed, what the message says it must be)
+    "epochs": (lambda v: v >= 1, "at least 1"),
+    "seeds": (lambda v: v >= 1, "at least 1"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "lr": (lambda v: 0 < v < math.inf, "> 0 and finite"),
+    "sigma": (lambda v: 0 <= v < math.inf, ">= 0 and finite"),
+    "tail_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "train_limit": (lambda v: v >= 0, "at least 0 (0 = all)"),
+    "test_limit": (lambda v: v >= 0, "at least 0 (0 = all)"),
+    "trials": (lambda v: v >= 0, "at least 0 (0 = no tuning)"),
+    "seed": (lambda v: v >= 0, "at least 0"),  # numpy's SeedSequence takes no negative seed
+}
+# a field's annotation -> (what it accepts, what it holds); numpy's numbers are Integral / Real
+_KINDS = {"str": (str, str), "int": (numbers.Integral, int), "float": (numbers.Real, float)}
+
+
+def _checked(name: str, annotation: object, value: object) -> object:
+    """`value` as field `name` holds it, or a GridError naming the field and what it must be."""
+    if str(annotation) not in _KINDS:
+        raise TypeError(f"Cell.{name} is a {annotation}, which _checked cannot check: add the "
+                        "type to benchmark.cells._KINDS")
+    accepts, kind = _KINDS[str(annotation)]
+    if not isinstance(value, accepts) or isinstance(value, bool):
+        raise GridError(f"{name} must be {kind.__name__}, got {value!r}")
+    value = kind(value)
+    if name in CHOICES and value not in CHOICES[name]:
+        raise GridError(f"{name} {value!r} is not one of {', '.join(CHOICES[name].names())}")
+    if kind is str and not value:
+        raise GridError(f"{name} must not be empty")
+    if name in RANGES and not RANGES[name][0](value):
+        raise GridError(f"{name} must be {RANGES[name][1]}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -96,7 +138,8 @@ def _read_toml(path: Path) -> dict:
         raise GridError(f"{path}: not valid TOML ({e})") from None
 
 
-def _check_entry(raw: dict, where: str) -> None:
+def _check_entry(raw: dict, where: str) -> Cell:
+    """The cell a grid's [[cell]] table describes; its errors start with `where`."""
     unknown = set(raw) - set(CELL_FIELDS) - NOTES
     if unknown:
         raise GridError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; "
@@ -104,19 +147,10 @@ def _check_entry(raw: dict, where: str) -> None:
     for name in REQUIRED:
         if name not in raw:
             raise GridError(f"{where}: missing field {name!r}")
-    for name, choices in CHOICES.items():
-        if name in raw and raw[name] not in choices:
-            raise GridError(f"{where}: {name} {raw[name]!r} is not one of {', '.join(choices)}")
-    for name, value in raw.items():
-        if name in CELL_FIELDS and name not in CHOICES:
-            kind = type(CELL_FIELDS[name].default) if name not in REQUIRED else int
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                continue
-            if not isinstance(value, kind) or isinstance(value, bool):
-                raise GridError(f"{where}: {name} must be {kind.__name__}, got {value!r}")
-    for name in ("epochs", "seeds"):
-        if raw.get(name, 1) < 1:
-            raise GridError(f"{where}: {name} must be at least 1, got {raw[name]}")
+    try:
+        return Cell(**{k: v for k, v in raw.items() if k in CELL_FIELDS})
+    except GridError as e:
+        raise GridError(f"{where}: {e}") from None
 
 
 def grid_path(name: str) -> Path:
@@ -134,10 +168,8 @@ def load_grid(name: str) -> list[GridEntry]:
     for i, cell in enumerate(raw.get("cell", [])):
         where = f"{path}: [[cell]] #{i + 1}"
         merged = defaults | cell
-        _check_entry(merged, where)
         ref = {k.removeprefix("reference_"): v for k, v in merged.items() if k in NOTES}
-        entries.append(GridEntry(Cell(**{k: v for k, v in merged.items() if k in CELL_FIELDS}),
-                                 ref))
+        entries.append(GridEntry(_check_entry(merged, where), ref))
     if not entries:
         raise GridError(f"{path}: no [[cell]] tables")
     return entries

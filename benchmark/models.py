@@ -7,24 +7,20 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-ModelFactory = Callable[..., nn.Module]
-MODELS: dict[str, ModelFactory] = {}
-CHANNELS_LAST: set[str] = set()  # conv nets, which run faster with NHWC memory on CUDA
+from benchmark.registry import Registry
+
+ModelFactory = Callable[..., nn.Module]  # (num_classes, in_shape) -> an untrained network
+MODELS: Registry[ModelFactory] = Registry("model")  # metadata: conv=True for the conv nets
+CHANNELS_LAST = MODELS.where(conv=True)  # conv nets, which run faster with NHWC memory on CUDA
 
 
-def register_model(name: str, conv: bool = False):
-    def add(factory: ModelFactory) -> ModelFactory:
-        MODELS[name] = factory
-        if conv:
-            CHANNELS_LAST.add(name)
-        return factory
-
-    return add
+def register_model(name: str, conv: bool = False) -> Callable[[ModelFactory], ModelFactory]:
+    """A decorator registering a factory (num_classes, in_shape) -> nn.Module as `name`."""
+    return MODELS.register(name, conv=conv)
 
 
 def create_model(name: str, num_classes: int = 10, in_shape=(3, 32, 32)) -> nn.Module:
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    """A fresh network; an unknown name raises a ValueError that lists the choices."""
     return MODELS[name](num_classes=num_classes, in_shape=tuple(in_shape))
 
 

@@ -26,7 +26,8 @@ import torch
 from benchmark.cells import Cell
 from benchmark.data import Dataset
 from benchmark.data.augment import make_augment
-from benchmark.data.variants import TAIL_CLASSES, stratified_split
+from benchmark.data.sampling import stratified_split
+from benchmark.data.variants import TAIL_CLASSES
 from benchmark.train import Diverged, Split, build_model, fit
 from studies.claims import check_not_surplus
 from studies.space import SPACE, Param, suggest

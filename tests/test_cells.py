@@ -1,11 +1,28 @@
 """Cells, grid files and profiles."""
 
 import dataclasses
+import math
 
+import numpy as np
 import pytest
 
-from benchmark.cells import Cell, GridError, apply_profile, expand, load_grid, load_profile
+from benchmark.cells import (
+    CELL_FIELDS,
+    RANGES,
+    Cell,
+    GridError,
+    apply_profile,
+    expand,
+    load_grid,
+    load_profile,
+)
 from benchmark.models import MODELS
+
+# a valid value other than the test cell's, for every field (a new field must add one)
+OTHER = {"model": "rnn", "variant": "balanced", "augment": "flip+noise", "epochs": 6,
+         "dataset": "cifar10", "profile": "quick", "batch_size": 64, "lr": 0.1, "sigma": 0.1,
+         "tail_fraction": 0.2, "train_limit": 100, "test_limit": 50, "trials": 3, "seed": 1,
+         "seeds": 3}
 
 
 def test_reference_grid_holds_the_six_reference_cells():
@@ -30,13 +47,70 @@ def test_keys_are_stable_and_change_with_every_field():
     cell = Cell("cnn", "long-tail", "none", epochs=5)
     assert cell.key == Cell("cnn", "long-tail", "none", epochs=5).key
     assert len(cell.key) == 16 and cell.name == "cnn · long-tail · none"
+    assert set(OTHER) == set(CELL_FIELDS)
     for f in dataclasses.fields(Cell):
-        value = getattr(cell, f.name)
-        other = value + "x" if isinstance(value, str) else value + 1
-        changed = dataclasses.replace(cell, **{f.name: other}).key != cell.key
+        assert OTHER[f.name] != getattr(cell, f.name), f.name
+        changed = dataclasses.replace(cell, **{f.name: OTHER[f.name]}).key != cell.key
         # more repetitions are the same cell: `--seeds 5` after 3 adds two
         assert changed == (f.name != "seeds"), f.name
     assert cell.params()["epochs"] == 5  # params come from dataclasses.asdict
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("model", "vgg", "model 'vgg' is not one of cnn, rnn, resnet50"),
+    ("variant", "lt", "variant 'lt' is not one of balanced, long-tail"),
+    ("augment", "mixup", r"augment 'mixup' is not one of none, flip\+noise"),
+    ("model", 3, "model must be str, got 3"),
+    ("epochs", 0, "epochs must be at least 1, got 0"),
+    ("epochs", 2.0, "epochs must be int, got 2.0"),
+    ("epochs", True, "epochs must be int, got True"),
+    ("seeds", 0, "seeds must be at least 1, got 0"),
+    ("batch_size", 0, "batch_size must be at least 1, got 0"),
+    ("lr", 0.0, "lr must be > 0 and finite, got 0.0"),
+    ("lr", -0.1, "lr must be > 0 and finite"),
+    ("lr", math.inf, "lr must be > 0 and finite, got inf"),
+    ("lr", math.nan, "lr must be > 0 and finite, got nan"),
+    ("lr", "fast", "lr must be float, got 'fast'"),
+    ("sigma", -0.01, "sigma must be >= 0 and finite"),
+    ("tail_fraction", 0.0, r"tail_fraction must be in \(0, 1\], got 0.0"),
+    ("tail_fraction", 1.5, r"tail_fraction must be in \(0, 1\], got 1.5"),
+    ("train_limit", -1, "train_limit must be at least 0"),
+    ("test_limit", -1, "test_limit must be at least 0"),
+    ("trials", -1, "trials must be at least 0"),
+    ("seed", -1, "seed must be at least 0"),
+    ("dataset", "", "dataset must not be empty"),
+    ("profile", None, "profile must be str, got None"),
+])
+def test_a_cell_made_in_code_checks_itself_naming_the_field(field, value, message):
+    with pytest.raises(GridError, match=message):
+        Cell(**{"model": "cnn", "variant": "long-tail", "augment": "none", "epochs": 5,
+                field: value})
+    with pytest.raises(GridError, match=message):  # dataclasses.replace checks again
+        dataclasses.replace(Cell("cnn", "long-tail", "none", epochs=5), **{field: value})
+
+
+def test_every_range_is_of_a_cell_field():
+    assert set(RANGES) <= set(CELL_FIELDS)
+
+
+def test_a_cell_takes_the_edges_of_its_ranges_and_any_dataset_name():
+    cell = Cell("cnn", "balanced", "none", epochs=1, seeds=1, batch_size=1, sigma=0.0,
+                tail_fraction=1.0, train_limit=0, test_limit=0, trials=0, seed=0,
+                dataset="synthetic")
+    assert cell.dataset == "synthetic" and cell.tail_fraction == 1.0
+
+
+def test_numbers_become_plain_python_numbers():
+    """A results table hands back numpy numbers; an int lr is the float it means."""
+    cell = Cell("cnn", "balanced", "none", epochs=np.int64(5), lr=1, sigma=np.float64(0.1))
+    assert type(cell.epochs) is int and type(cell.lr) is float and type(cell.sigma) is float
+    assert cell == Cell("cnn", "balanced", "none", epochs=5, lr=1.0, sigma=0.1)
+    assert cell.key == Cell("cnn", "balanced", "none", epochs=5, lr=1.0, sigma=0.1).key
+
+
+def test_a_test_registered_model_is_a_valid_cell_model(monkeypatch):
+    monkeypatch.setitem(MODELS, "constant", lambda **_: None)
+    assert Cell("constant", "balanced", "none", epochs=1).model == "constant"
 
 
 def test_repetition_seeds_are_distinct_stable_and_from_the_base_seed():
@@ -81,7 +155,13 @@ def bad_grid(tmp_path, body):
     ('[[cell]]\nmodel = "cnn"\nvariant = "balanced"\naugment = "none"\nepochs = 1\nlrr = 0.1\n',
      r"unknown field\(s\) lrr"),
     ('[[cell]]\nmodel = "cnn"\nvariant = "balanced"\naugment = "none"\nepochs = 0\n',
-     r"epochs must be at least 1"),
+     r"\[\[cell\]\] #1: epochs must be at least 1"),
+    ('[defaults]\nlr = 0.0\n[[cell]]\nmodel = "cnn"\nvariant = "balanced"\naugment = "none"\n'
+     'epochs = 1\n[[cell]]\nmodel = "rnn"\nvariant = "balanced"\naugment = "none"\n'
+     'epochs = 1\nlr = 0.1\n', r"\[\[cell\]\] #1: lr must be > 0 and finite, got 0.0"),
+    ('[[cell]]\nmodel = "cnn"\nvariant = "balanced"\naugment = "none"\nepochs = 1\n'
+     '[[cell]]\nmodel = "cnn"\nvariant = "balanced"\naugment = "none"\nepochs = 1\n'
+     'tail_fraction = 2\n', r"\[\[cell\]\] #2: tail_fraction must be in \(0, 1\]"),
     ('[[cell]\nmodel = "cnn"', r"not valid TOML"),
 ])
 def test_bad_grid_file_is_refused_naming_file_and_field(tmp_path, body, message):

@@ -4,7 +4,7 @@ official-format CIFAR-10 folder and real SQLite/journal stores."""
 import pandas as pd
 import pytest
 
-from benchmark.cli import main
+from benchmark.app.cli import main
 
 GRID = ('[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\naugment = "none"\nepochs = 2\n'
         'batch_size = 8\nlr = 0.05\ntail_fraction = 0.5\n')

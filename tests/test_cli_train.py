@@ -9,7 +9,7 @@ import torch
 
 import benchmark.data
 import benchmark.data.sources
-from benchmark.cli import main
+from benchmark.app.cli import main
 from benchmark.data import SOURCES, fashion_mnist
 from benchmark.train import resolve_device
 

@@ -385,9 +385,32 @@ def test_auto_with_neither_dataset_says_what_is_missing(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_names_the_choices():
-    with pytest.raises(DataError, match="unknown dataset 'mnist'; choose one of "
-                                        + ", ".join(SOURCES)):
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'; choose one of cifar10, "
+                                         "fashion-mnist, auto"):
         load_dataset("mnist", "anywhere")
+
+
+@pytest.mark.parametrize("name", SOURCES.names())
+def test_every_missing_source_names_the_folders_it_looked_in(name, tmp_path, monkeypatch):
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", tmp_path / "no-system-copy")
+    empty = tmp_path / "empty"
+    with pytest.raises(DataError, match="not found") as err:
+        load_dataset(name, empty, download=False)
+    message = str(err.value)
+    assert str(empty) in message  # the folder(s) it looked in
+    with pytest.raises(DataError) as direct:  # the entry itself, as the rule `auto` calls it
+        SOURCES[name](empty, False)
+    assert str(direct.value) == message
+
+
+@pytest.mark.parametrize("name", SOURCES.names())
+def test_every_source_loads_its_fixture_as_a_valid_dataset(name, cifar_dir, fashion_plain_dir,
+                                                           tmp_path, monkeypatch):
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", tmp_path / "no-system-copy")
+    folder = {"cifar10": cifar_dir, "fashion-mnist": fashion_plain_dir}
+    assert name in folder, f"add a fixture folder for source {name!r}"
+    data = load_dataset(name, folder[name], download=False)
+    assert data.source == name and data.num_classes == 10 and len(data.train_y) > 0
 
 
 def test_data_dir_defaults_to_tailbench_data(cifar_dir, monkeypatch):

@@ -1,4 +1,6 @@
-"""The model registry: every registered network takes (B, 3, 32, 32) to (B, 10) and trains."""
+"""The model registry: every registered network takes (B, 3, 32, 32) to (B, classes) and trains.
+
+The tests parametrized over MODELS.names() run for every entry, a new one included."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.models import MODELS, create_model
+from benchmark.models import CHANNELS_LAST, MODELS, create_model, register_model
 
 # Parameter counts from DESIGN.md's layer sizes (weights + biases):
 EXPECTED_PARAMS = {
@@ -35,7 +37,7 @@ def _images(batch: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", MODELS.names())
 def test_output_is_one_logit_per_class(name):
     model = _build(name).eval()
     with torch.no_grad():
@@ -44,14 +46,24 @@ def test_output_is_one_logit_per_class(name):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-def test_other_class_counts(name):
-    model = create_model(name, num_classes=4).eval()
+@pytest.mark.parametrize("name", MODELS.names())
+@pytest.mark.parametrize("classes", [4, 100])
+def test_other_class_counts(name, classes):
+    model = create_model(name, num_classes=classes).eval()
     with torch.no_grad():
-        assert model(_images(2)).shape == (2, 4)
+        out = model(_images(2))
+    assert out.shape == (2, classes) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", MODELS.names())
+def test_same_seed_same_weights(name):
+    a, b, c = _build(name, 5), _build(name, 5), _build(name, 6)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters(),
+                                                       strict=True))
+
+
+@pytest.mark.parametrize("name", MODELS.names())
 def test_one_sgd_step_changes_the_parameters(name):
     model = _build(name).train()
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
@@ -114,13 +126,19 @@ def test_unknown_model_names_the_choices():
         create_model("vgg16")
 
 
+def test_a_taken_model_name_is_refused():
+    with pytest.raises(ValueError, match="model 'cnn' is already registered"):
+        register_model("cnn")(lambda **_: nn.Identity())
+
+
+def test_every_model_says_whether_it_is_a_conv_net():
+    """channels_last (NHWC) is chosen from this metadata, so every entry must set it."""
+    for name in MODELS.names():
+        assert isinstance(MODELS.meta(name).get("conv"), bool), name
+    assert set(CHANNELS_LAST) == {n for n in MODELS.names() if MODELS.meta(n)["conv"]}
+
+
 def test_resnet50_refuses_other_channel_counts():
     with pytest.raises(ValueError, match="3-channel"):
         create_model("resnet50", in_shape=(1, 32, 32))
 
-
-def test_same_seed_same_weights():
-    a, b, c = _build("cnn", 5), _build("cnn", 5), _build("cnn", 6)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
-    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters(),
-                                                       strict=True))

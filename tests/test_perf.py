@@ -10,7 +10,7 @@ from functools import partial
 import pytest
 import torch
 
-from benchmark import perf
+from benchmark.app import perf, perf_cells
 from benchmark.data import Dataset
 
 
@@ -36,7 +36,7 @@ def test_alternate_runs_a_b_a_b_and_drops_the_warmup():
     assert len(ta) == len(tb) == 2 and all(t >= 0 for t in ta + tb)
 
 
-CELLS = (perf.tracking_overhead, perf.pruning_saving)  # whole cells: tested on their own below
+CELLS = (perf_cells.tracking_overhead, perf_cells.pruning_saving)  # whole cells: tested on their own below
 
 
 @pytest.mark.slow
@@ -100,10 +100,10 @@ def test_bad_reps_is_an_error_a_user_can_act_on(ctx, monkeypatch):
 
 
 def test_whole_cell_comparisons_time_tracking_and_count_pruned_epochs(ctx):
-    overhead = perf.tracking_overhead(ctx)
+    overhead = perf_cells.tracking_overhead(ctx)
     assert overhead.upper and overhead.target == 1.03
     assert overhead.tailbench > 0 and overhead.baseline > 0 and len(overhead.runs) == ctx.reps
     assert overhead.met == (overhead.ratio <= 1.03)
-    saving = perf.pruning_saving(ctx)
+    saving = perf_cells.pruning_saving(ctx)
     assert 0 < saving.tailbench <= saving.baseline == 3  # 3 trials of 1 epoch in --quick
     assert saving.ratio == saving.tailbench / saving.baseline

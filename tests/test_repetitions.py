@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import CIFAR_CLASSES, learnable_images
 
-from benchmark import runner
+from benchmark.app import runner
 from benchmark.cells import Cell
 from benchmark.data import Dataset
 from benchmark.train import build_model

@@ -1,4 +1,4 @@
-"""tracking.metrics, tracking.plots and tracking.report: numbers by hand, real PNGs, and the
+"""benchmark.metrics, tracking.plots and tracking.report: numbers by hand, real PNGs, and the
 cross-cell report built from a results table written by hand (a row per repetition)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
+from benchmark.metrics import cell_metrics, class_metric_names, metric_name, normalize_rows
 from tracking import plots
-from tracking.metrics import cell_metrics, class_metric_names, metric_name, normalize_rows
 from tracking.report import build_report, results_table, write_cell_artifacts
 
 CIFAR = ["airplane", "automobile", "bird", "cat", "deer",

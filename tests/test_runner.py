@@ -12,9 +12,9 @@ import torch
 from conftest import CIFAR_CLASSES, learnable_images
 from torch import nn
 
-from benchmark import runner
+from benchmark.app import runner
+from benchmark.app.cli import main
 from benchmark.cells import Cell, GridEntry
-from benchmark.cli import main
 from benchmark.data import Dataset
 from benchmark.models import MODELS
 from tracking.results import load_results, write_results

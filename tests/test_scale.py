@@ -17,8 +17,8 @@ import pytest
 from conftest import write_cifar
 from optuna.trial import TrialState
 
+from benchmark.app.cli import main
 from benchmark.cells import expand
-from benchmark.cli import main
 from studies.storage import open_storage
 from studies.tune import study_name
 
@@ -78,7 +78,7 @@ class Bench:
                                  "PYTHONPATH": str(ROOT), "TAILBENCH_HEARTBEAT": "1"}
 
     def start(self, *extra: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "benchmark.cli", *self.args, *extra],
+        return subprocess.Popen([sys.executable, "-m", "benchmark.app.cli", *self.args, *extra],
                                 cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
 

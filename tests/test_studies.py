@@ -11,7 +11,7 @@ import torch
 from conftest import CIFAR_CLASSES, learnable_images
 from mlflow import MlflowClient
 
-from benchmark import runner
+from benchmark.app import runner
 from benchmark.cells import Cell, GridEntry
 from benchmark.data import Dataset
 from benchmark.data.variants import make_variant

@@ -1,17 +1,20 @@
-"""Long-tail variant, stratified selections and flip+noise oversampling."""
+"""Long-tail variant, stratified selections and flip+noise oversampling.
+
+The tests parametrized over VARIANTS.names() and AUGMENTS.names() run for every entry, a new
+one included."""
 
 import pytest
 import torch
 
 from benchmark.data import DataError, Dataset
-from benchmark.data.augment import FlipNoise, NoAugment, make_augment
-from benchmark.data.variants import (
-    class_counts,
-    long_tail_indices,
-    make_variant,
-    stratified_split,
-    stratified_subset,
-)
+from benchmark.data.augment import AUGMENTS, FlipNoise, NoAugment, make_augment
+from benchmark.data.sampling import stratified_split, stratified_subset
+from benchmark.data.variants import VARIANTS, class_counts, long_tail_indices, make_variant
+
+TAIL = (0, 1, 2, 3, 4)
+# each variant's training counts per class from 50 images a class, tail 0..4, fraction 0.1
+# (a new variant adds its line here)
+EXPECTED_COUNTS = {"balanced": [50] * 10, "long-tail": [5] * 5 + [50] * 5}
 
 
 def labels(per_class=100, classes=10):
@@ -46,8 +49,37 @@ def test_variant_never_touches_the_test_set():
     assert make_variant(data, "balanced").train_y.shape == data.train_y.shape
 
 
+# ---- every variant ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", VARIANTS.names())
+def test_every_variant_cuts_the_training_set_only_and_as_expected(name):
+    data = dataset()
+    cut = make_variant(data, name, seed=1, tail_classes=TAIL, fraction=0.1)
+    assert torch.equal(cut.test_x, data.test_x) and torch.equal(cut.test_y, data.test_y)
+    assert cut.train_y.dtype == torch.int64 and len(cut.train_y) == len(cut.train_x)
+    assert 0 <= int(cut.train_y.min()) and int(cut.train_y.max()) < data.num_classes
+    assert name in EXPECTED_COUNTS, f"add the expected counts of variant {name!r}"
+    assert class_counts(cut.train_y, 10) == EXPECTED_COUNTS[name]
+
+
+@pytest.mark.parametrize("name", VARIANTS.names())
+def test_every_variant_selects_distinct_stored_images(name):
+    y = labels(50)
+    idx = VARIANTS[name](y, tail_classes=TAIL, fraction=0.1, seed=2)
+    assert idx.dtype == torch.int64 and len(idx.unique()) == len(idx)
+    assert 0 <= int(idx.min()) and int(idx.max()) < len(y)
+
+
+@pytest.mark.parametrize("name", VARIANTS.names())
+def test_every_variant_is_determined_by_its_seed(name):
+    data = dataset()
+    a, b = (make_variant(data, name, seed=7, fraction=0.3) for _ in range(2))
+    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.train_y, b.train_y)
+
+
 def test_bad_variant_and_tail_classes_are_refused():
-    with pytest.raises(DataError, match="unknown variant 'lt'"):
+    with pytest.raises(ValueError, match="unknown variant 'lt'; choose one of balanced, "
+                                         "long-tail"):
         make_variant(dataset(), "lt")
     with pytest.raises(DataError, match=r"tail classes \[12\]"):
         make_variant(dataset(), "long-tail", tail_classes=(12,))
@@ -113,8 +145,53 @@ def test_oversampling_a_balanced_set_adds_nothing_and_says_so():
     assert len(plan.index) == 1000 and not plan.synthetic.any()
 
 
+# ---- every augmentation ----------------------------------------------------------------------
+
+def _long_tail_labels() -> torch.Tensor:
+    return labels(100)[long_tail_indices(labels(100), seed=0)]  # 10 a tail class, 100 a head
+
+
+@pytest.mark.parametrize("name", AUGMENTS.names())
+def test_every_augmentation_plans_stored_images_and_keeps_the_originals(name):
+    y = _long_tail_labels()
+    aug = make_augment(name, y, tail_classes=TAIL, sigma=0.1, num_classes=10)
+    plan = aug.plan(torch.Generator().manual_seed(0))
+    assert plan.index.dtype == torch.int64 and plan.synthetic.dtype == torch.bool
+    assert plan.index.shape == plan.synthetic.shape == (len(y) + aug.added,)
+    assert 0 <= int(plan.index.min()) and int(plan.index.max()) < len(y)
+    assert sorted(plan.index[~plan.synthetic].tolist()) == list(range(len(y)))
+    assert isinstance(aug.note, str) and aug.note
+
+
+@pytest.mark.parametrize("name", AUGMENTS.names())
+def test_every_augmentation_stays_in_the_pixel_range(name):
+    y = _long_tail_labels()
+    aug = make_augment(name, y, tail_classes=TAIL, sigma=0.5, num_classes=10)
+    gen = torch.Generator().manual_seed(1)
+    plan = aug.plan(gen)
+    x = torch.rand(len(plan.index), 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    out = aug.apply(x.clone(), plan.synthetic, gen)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    assert torch.equal(out[~plan.synthetic], x[~plan.synthetic])  # originals as they are
+
+
+@pytest.mark.parametrize("name", AUGMENTS.names())
+def test_every_augmentation_is_determined_by_its_generator(name):
+    y = _long_tail_labels()
+    aug = make_augment(name, y, tail_classes=TAIL, sigma=0.1, num_classes=10)
+    runs = []
+    for _ in range(2):
+        gen = torch.Generator().manual_seed(5)
+        plan = aug.plan(gen)
+        x = torch.full((len(plan.index), 3, 4, 4), 0.5)
+        runs.append((plan.index, plan.synthetic, aug.apply(x, plan.synthetic, gen)))
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+
+
 def test_unknown_augment_and_negative_sigma_are_refused():
-    with pytest.raises(DataError, match="unknown augmentation 'mixup'"):
+    with pytest.raises(ValueError, match="unknown augmentation 'mixup'; choose one of none, "
+                                         r"flip\+noise"):
         make_augment("mixup", labels(10))
     with pytest.raises(DataError, match="sigma must be >= 0"):
         make_augment("flip+noise", labels(10), sigma=-1.0)

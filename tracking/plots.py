@@ -21,7 +21,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
-from tracking.metrics import normalize_rows  # noqa: E402
+from benchmark.metrics import normalize_rows  # noqa: E402
 
 HEAD_COLOR, TAIL_COLOR = "#4C72B0", "#DD8452"  # blue head, orange tail, in every figure
 TRAIN_COLOR, TEST_COLOR = "#4C72B0", "#C44E52"

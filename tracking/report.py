@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmark.metrics import cell_metrics, class_metric_names
 from benchmark.stats import MINUS
 from tracking import plots
 from tracking.findings import HOW_JUDGED, OK, CellResult, expected_cells, findings_table, first_line
-from tracking.metrics import cell_metrics, class_metric_names
 from tracking.render import Image, Table, to_html, to_markdown
 
 NA = "—"  # a number that does not exist (cell not measured, no reference)

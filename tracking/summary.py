@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmark.metrics import class_metric_names
 from tracking import plots
-from tracking.metrics import class_metric_names
 
 
 def write_cell_summary(out_dir: Path, title: str, histories: list[list[dict[str, float]]],

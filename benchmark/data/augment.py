@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 
 from benchmark.data.dataset import DataError
+from benchmark.registry import Registry
 
 
 class EpochPlan(NamedTuple):
@@ -21,6 +22,11 @@ class EpochPlan(NamedTuple):
     synthetic: torch.Tensor  # (M,) bool: whether that sample is an added, augmented copy
 
 
+# An augmentation is a class built from (labels, tail_classes=, sigma=, num_classes=).
+AUGMENTS: Registry[type[NoAugment]] = Registry("augmentation")
+
+
+@AUGMENTS.register("none")
 class NoAugment:
     """The training set as it is."""
 
@@ -40,6 +46,7 @@ class NoAugment:
         return x
 
 
+@AUGMENTS.register("flip+noise")
 class FlipNoise(NoAugment):
     """Oversample each tail class up to the head classes' mean count; every added image is a
     random image of its class, flipped left-right with probability 1/2, plus N(0, sigma^2)
@@ -85,10 +92,7 @@ class FlipNoise(NoAugment):
         return torch.where(mask, (x + noise).clamp_(0, 1), x)
 
 
-AUGMENTS = {"none": NoAugment, "flip+noise": FlipNoise}
-
-
 def make_augment(name: str, labels: torch.Tensor, **kwargs) -> NoAugment:
-    if name not in AUGMENTS:
-        raise DataError(f"unknown augmentation {name!r}; choose one of {', '.join(AUGMENTS)}")
+    """The augmentation `name` for these training labels; an unknown name raises, listing the
+    choices. Every augmentation takes (labels, tail_classes=, sigma=, num_classes=)."""
     return AUGMENTS[name](labels, **kwargs)

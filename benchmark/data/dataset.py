@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from benchmark.data.sampling import stratified_subset
+
 
 class DataError(RuntimeError):
     """Data that is missing, corrupt or of the wrong shape; the message says where and what
@@ -47,8 +49,6 @@ class Dataset:
 
     def limit(self, train: int | None = None, test: int | None = None, seed: int = 0) -> Dataset:
         """A stratified random subset (same seed, same images), for quick runs and tests."""
-        from benchmark.data.variants import stratified_subset
-
         tr = stratified_subset(self.train_y, train, seed) if train else slice(None)
         te = stratified_subset(self.test_y, test, seed + 1) if test else slice(None)
         return Dataset(self.train_x[tr], self.train_y[tr], self.test_x[te], self.test_y[te],

@@ -15,20 +15,20 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
-from torchvision.transforms.functional import to_pil_image
 
 from benchmark import train
+from benchmark.app import perf_cells
+from benchmark.app.perf_baseline import PilImages, add_noise, tutorial_epoch, tutorial_loader
+from benchmark.app.perf_timing import Comparison, Context, Row, alternate, paired
 from benchmark.data import DataError, Dataset, load_dataset
-from benchmark.data.augment import EpochPlan, FlipNoise, NoAugment
+from benchmark.data.augment import FlipNoise, NoAugment
 from benchmark.data.variants import make_variant
 from benchmark.models import create_model
 
@@ -43,116 +43,6 @@ TARGETS = {  # speedup over the tutorial, or share of the machine's matmul rate
     ("train", "cnn"): 1.6, ("pipeline", "flip+noise"): 20.0,
     ("limit", "cnn"): 0.5, ("limit", "resnet50"): 0.5,
 }
-
-
-@dataclass
-class Row:
-    measure: str
-    unit: str  # of the tailbench and baseline columns
-    tailbench: float
-    baseline: float
-    ratio: float  # tailbench / baseline
-    target: float | None = None  # the least acceptable ratio, None where there is none
-    percent: bool = False  # show the ratio as a share (of a limit) rather than a speedup
-    note: str = ""
-    runs: list[tuple[float, float]] = field(default_factory=list)  # (tailbench, baseline) a round
-
-    upper: bool = False  # the target is a most (an overhead), not a least (a speedup)
-
-    @property
-    def met(self) -> bool | None:
-        if self.target is None:
-            return None
-        return self.ratio <= self.target if self.upper else self.ratio >= self.target
-
-    def to_dict(self) -> dict:
-        return asdict(self) | {"met": self.met}
-
-
-@dataclass
-class Context:
-    """What every comparison needs: where to run, how long, on which images."""
-
-    device: torch.device
-    data: Dataset  # uint8 images on the CPU; each contender moves what it needs
-    sizes: dict[str, int]
-    reps: int
-    workers: int = 2  # the tutorial DataLoader's worker processes
-    seed: int = 0
-    cache: dict[str, list[float]] = field(default_factory=dict)  # per-round rates, for reuse
-
-
-Comparison = Callable[[Context], Row]
-
-
-def alternate(*fns: Callable[[], object], reps: int, device: torch.device,
-              warmup: int = 1) -> list[list[float]]:
-    """Seconds per call of each fn, called a, b, a, b, ...; the warm-up rounds are not kept."""
-    sync = {"cuda": torch.cuda.synchronize, "mps": torch.mps.synchronize}.get(device.type,
-                                                                              lambda: None)
-    times: list[list[float]] = [[] for _ in fns]
-    for i in range(warmup + reps):
-        for fn, kept in zip(fns, times, strict=True):
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            if i >= warmup:
-                kept.append(time.perf_counter() - start)
-    return times
-
-
-def paired(measure: str, unit: str, a: list[float], b: list[float], **kw) -> Row:
-    """The row of two alternated series: their medians, their ratio, and every round."""
-    ma, mb = statistics.median(a), statistics.median(b)
-    return Row(measure, unit, ma, mb, ma / mb, runs=list(zip(a, b, strict=True)), **kw)
-
-
-# ---- the tutorial pipeline: PIL images, per-image transforms, DataLoader workers ----------
-
-class PilImages(torch.utils.data.Dataset):
-    """The tutorial's dataset: item i is a PIL image, transformed on its own. The epoch plan
-    says which stored image each item is (oversampling repeats some) and which are added
-    copies, which get `synthetic_transform`."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, plan: EpochPlan, transform: Callable,
-                 synthetic_transform: Callable | None = None):
-        self.x, self.y, self.index, self.synthetic = x, y, plan.index.cpu(), plan.synthetic.cpu()
-        self.transforms = (transform, synthetic_transform or transform)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int):
-        j = int(self.index[i])
-        image = to_pil_image(self.x[j])  # (3, 32, 32) uint8 -> 32x32 RGB
-        return self.transforms[bool(self.synthetic[i])](image), int(self.y[j])
-
-
-def add_noise(t: torch.Tensor, sigma: float) -> torch.Tensor:
-    """The tutorial's noise transform, one image at a time (a function: workers pickle it)."""
-    return (t + torch.randn_like(t) * sigma).clamp(0, 1)
-
-
-def tutorial_loader(ctx: Context, dataset: PilImages) -> DataLoader:
-    gen = torch.Generator().manual_seed(ctx.seed)  # seeded shuffle and worker seeds
-    return DataLoader(dataset, batch_size=ctx.sizes["batch"], shuffle=True,
-                      num_workers=ctx.workers, generator=gen)
-
-
-def tutorial_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, loader: DataLoader,
-                   device: torch.device) -> float:
-    """The loop every tutorial shows, loss.item() per step included."""
-    model.train()
-    running = 0.0
-    for xb, yb in loader:
-        xb, yb = xb.to(device), yb.to(device)
-        opt.zero_grad()
-        loss = F.cross_entropy(model(xb), yb)
-        loss.backward()
-        opt.step()
-        running += loss.item()
-    return running
 
 
 # ---- 1. training throughput -------------------------------------------------------------
@@ -268,26 +158,14 @@ def limit(ctx: Context, name: str) -> Row:
 
 
 NETWORKS = ("cnn", "rnn", "resnet50")
-# ---- 4. and 5. whole cells: in perf_cells, which needs the runner, tracking and studies ----
-
-def tracking_overhead(ctx: Context) -> Row:
-    from benchmark import perf_cells
-
-    return perf_cells.tracking_overhead(ctx)
-
-
-def pruning_saving(ctx: Context) -> Row:
-    from benchmark import perf_cells
-
-    return perf_cells.pruning_saving(ctx)
-
+# ---- 4. and 5. whole cells: in perf_cells (the runner, tracking and studies) -------------
 
 COMPARISONS: list[Comparison] = [
     *(partial(training, name=m) for m in NETWORKS),
     pipeline,
     *(partial(limit, name=m) for m in NETWORKS),
-    tracking_overhead,
-    pruning_saving,
+    perf_cells.tracking_overhead,
+    perf_cells.pruning_saving,
 ]
 
 

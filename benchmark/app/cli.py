@@ -13,7 +13,7 @@ import uuid
 import warnings
 from pathlib import Path
 
-from benchmark import perf
+from benchmark.app import perf
 from benchmark.data import SOURCES, DataError, default_data_dir, resolve_name
 from benchmark.models import MODELS
 from benchmark.train import DEVICES
@@ -158,8 +158,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_here(args: argparse.Namespace, store, entries, device, source: str) -> int:
+    from benchmark.app.runner import run_grid
     from benchmark.data import load_dataset
-    from benchmark.runner import run_grid
 
     data = load_dataset(source, args.data_dir)
     print(f"tailbench: {len(entries)} cells of grid {args.grid!r} ({args.profile}) on "
@@ -219,7 +219,7 @@ def _spawn_workers(args: argparse.Namespace, n: int, store, entries, device) -> 
 
     argv = [a for i, a in enumerate(args.argv) if not a.startswith("--workers") and
             not (i and args.argv[i - 1] == "--workers")]
-    cmd = [sys.executable, "-m", "benchmark.cli", *argv, "--worker",
+    cmd = [sys.executable, "-m", "benchmark.app.cli", *argv, "--worker",
            "--force-nonce", uuid.uuid4().hex]
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     print(f"tailbench: {n} workers" + (f" on {gpus} GPUs" if gpus else ""), file=sys.stderr)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from benchmark.app.perf_timing import Context, Row, alternate, paired
+from benchmark.app.runner import cut, run_cell, summarize_cell
 from benchmark.cells import Cell
-from benchmark.perf import Context, Row, alternate, paired
-from benchmark.runner import cut, run_cell, summarize_cell
 from tracking.store import NullRunLog, Store
 
 TRACKING_TARGET = 1.03  # a tracked cell may take at most 3% longer
