@@ -47,13 +47,12 @@ benchmark: install
 	.venv/bin/tailbench run --grid $(GRID) --profile $(PROFILE) --dataset $(DATASET) \
 	  --tracking-uri $(MLFLOW_URI) --storage $(OPTUNA_STORAGE) $(ARGS)
 
+# the cells of the latest `tailbench run` on the store (ARGS="--invocation ID" for another)
 report: install
-	.venv/bin/tailbench report --grid $(GRID) --profile $(PROFILE) --dataset $(DATASET) \
-	  --tracking-uri $(MLFLOW_URI) $(ARGS)
+	.venv/bin/tailbench report --tracking-uri $(MLFLOW_URI) $(ARGS)
 
 results: install
-	.venv/bin/tailbench results --grid $(GRID) --profile $(PROFILE) --dataset $(DATASET) \
-	  --tracking-uri $(MLFLOW_URI) $(ARGS)
+	.venv/bin/tailbench results --tracking-uri $(MLFLOW_URI) $(ARGS)
 
 ui: install
 	@mkdir -p $(STORE)

@@ -15,6 +15,7 @@ import tomllib
 
 from benchmark.data.augment import AUGMENTS
 from benchmark.data.variants import VARIANTS
+from benchmark.errors import UserError
 from benchmark.models import MODELS
 
 GRID_DIR = Path(__file__).parent / "grids"
@@ -22,7 +23,7 @@ KEY_LAYOUT = 2  # 2: a cell run holds repetitions; keys of layout 1 (one fit per
 REPETITION_FIELDS = {"seeds"}  # how many repetitions: not part of the cell's key
 
 
-class GridError(ValueError):
+class GridError(UserError, ValueError):
     """A grid or profile file that cannot be expanded; the message names the file and field."""
 
 

@@ -23,12 +23,14 @@ from contextlib import contextmanager
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar, overload
 
+from benchmark.errors import UserError
+
 T = TypeVar("T")
 Rule = Callable[..., tuple[str, str]]  # (context) -> (the entry it picks, why)
 _MISSING: Any = object()
 
 
-class RegistryError(ValueError):
+class RegistryError(UserError, ValueError):
     """A name that is taken, unknown, or a rule where an entry is needed; the message says
     which and lists the choices."""
 

@@ -14,6 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from benchmark.data.augment import NoAugment
+from benchmark.errors import UserError
 from benchmark.models import CHANNELS_LAST, create_model
 
 HYP = {
@@ -44,13 +45,13 @@ class Diverged(FloatingPointError):
 def resolve_device(name: str = "auto") -> torch.device:
     """auto picks cuda, then mps, then cpu; an asked-for device that is absent is an error."""
     if name not in DEVICES:
-        raise ValueError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+        raise UserError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
     has = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(),
            "cpu": True}
     if name == "auto":
         return torch.device(next(d for d in ("cuda", "mps", "cpu") if has[d]))
     if not has[name]:
-        raise ValueError(f"device {name!r} is not available on this machine; use --device cpu")
+        raise UserError(f"device {name!r} is not available on this machine; use --device cpu")
     return torch.device(name)
 
 
@@ -222,7 +223,7 @@ def fit(model: nn.Module, train: Split, test: Split, *, epochs: int,
     if epochs < 0 or batch_size < 1:
         raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {epochs}, {batch_size}")
     if not len(train.y):
-        raise ValueError("the training set is empty: check the data limits and the variant")
+        raise UserError("the training set is empty: check the data limits and the variant")
     device = next(model.parameters()).device
     augment = augment or NoAugment(train.y)
     gen = torch.Generator(device=device).manual_seed(seed)

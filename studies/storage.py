@@ -15,6 +15,8 @@ import warnings
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from benchmark.errors import UserError
+
 DEFAULT_JOURNAL = Path("runs") / "optuna.journal"
 HEARTBEAT_S = int(os.environ.get("TAILBENCH_HEARTBEAT", "10"))  # seconds between heartbeats
 GRACE_S = 3 * HEARTBEAT_S  # a trial with no heartbeat for this long is taken as dead
@@ -27,6 +29,10 @@ EXAMPLES = ("use a journal file path (runs/optuna.journal), sqlite:///runs/optun
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):")
 
 
+class StorageError(UserError, ValueError):
+    """The Optuna storage cannot be used; the message says which and how to fix it."""
+
+
 def masked(url: str) -> str:
     """The URL with any password replaced, fit for an error message or a log."""
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
@@ -37,13 +43,13 @@ def _check_rdb(url: str) -> str:
     dialect = parts.scheme.split("+")[0]
     where = f"Optuna storage {masked(url)!r}"
     if dialect not in RDB_SCHEMES:
-        raise ValueError(f"{where}: unknown scheme {parts.scheme!r}; {EXAMPLES}")
+        raise StorageError(f"{where}: unknown scheme {parts.scheme!r}; {EXAMPLES}")
     if dialect == "sqlite":
         if not url.startswith(f"{parts.scheme}:///") or not url.split(":///", 1)[1]:
-            raise ValueError(f"{where}: a SQLite URL needs three slashes and a file, like "
+            raise StorageError(f"{where}: a SQLite URL needs three slashes and a file, like "
                              "sqlite:///runs/optuna.db (relative) or sqlite:////abs/optuna.db")
     elif not parts.hostname or not parts.path.strip("/"):
-        raise ValueError(f"{where}: a {dialect} URL needs a host and a database name, like "
+        raise StorageError(f"{where}: a {dialect} URL needs a host and a database name, like "
                          f"{dialect}://user:password@host/optuna")
     return url
 
@@ -52,11 +58,12 @@ def _check_journal(text: str) -> str:
     path = Path(text).expanduser()
     where = f"Optuna journal file {str(path)!r}"
     if path.is_dir():
-        raise ValueError(f"{where} is a folder; name a file in it, e.g. {path / 'optuna.journal'}")
+        raise StorageError(f"{where} is a folder; name a file in it, e.g. "
+                           f"{path / 'optuna.journal'}")
     if path.is_file():
         with path.open("rb") as f:
             if f.read(len(SQLITE_HEADER)) == SQLITE_HEADER:
-                raise ValueError(f"{where} is a SQLite database; pass sqlite:///{path} instead")
+                raise StorageError(f"{where} is a SQLite database; pass sqlite:///{path} instead")
     return str(path)
 
 
@@ -67,12 +74,12 @@ def storage_url(storage: str | Path | None = None) -> str:
         storage = os.environ.get(ENV) or DEFAULT_JOURNAL
     text = str(storage).strip()
     if not text:
-        raise ValueError(f"Optuna storage is empty; {EXAMPLES}")
+        raise StorageError(f"Optuna storage is empty; {EXAMPLES}")
     if "://" in text:
         return _check_rdb(text)
     scheme = _SCHEME.match(text)
     if scheme and not isinstance(storage, Path):
-        raise ValueError(f"Optuna storage {masked(text)!r} looks like a URL without '//' "
+        raise StorageError(f"Optuna storage {masked(text)!r} looks like a URL without '//' "
                          f"after {scheme.group(1)}:; {EXAMPLES}")
     return _check_journal(text)
 
@@ -85,7 +92,7 @@ def _make_parent(path: Path, url: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ValueError(f"Optuna storage {masked(url)!r}: cannot create the folder "
+        raise StorageError(f"Optuna storage {masked(url)!r}: cannot create the folder "
                          f"{path.parent} ({e.strerror}); choose a writable place") from None
 
 
@@ -121,7 +128,7 @@ def open_storage(storage: str | Path | None = None):
                 heartbeat_stale_trial_callback=_retry_stale())
     except Exception as e:  # sqlalchemy's connection and driver errors
         first = masked(str(e).splitlines()[0]) if str(e) else ""
-        raise ValueError(f"Optuna storage {masked(url)} cannot be opened: {type(e).__name__}: "
+        raise StorageError(f"Optuna storage {masked(url)} cannot be opened: {type(e).__name__}: "
                          f"{first.rstrip('.')}. Check that the server is up, the credentials "
                          "(PGPASSFILE for PostgreSQL), and that its driver is installed "
                          "(psycopg for postgresql, pymysql for mysql)") from None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +95,9 @@ def _open_study(cell: Cell, storage, pruner) -> optuna.Study:
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
                                 load_if_exists=True)
     if not study.metric_names:  # optuna-dashboard's axis label, instead of "Objective 0"
-        study.set_metric_names([OBJECTIVE])
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2: known, and used
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([OBJECTIVE])
     so_far = len(study.get_trials(deepcopy=False))
     return optuna.load_study(study_name=name, storage=storage,
                              sampler=make_sampler(cell, so_far),

@@ -15,10 +15,10 @@ def args(tmp_path, cifar_dir):
     grid = tmp_path / "grid.toml"
     grid.write_text(GRID)
     store = tmp_path / "runs"
-    common = ["--grid", str(grid), "--profile", "paper", "--dataset", "cifar10",
-              "--data-dir", str(cifar_dir), "--tracking-uri", f"sqlite:///{store}/mlflow.db"]
-    common += ["--no-tune"]  # (the report finds cells by the key its flags give: issue 11)
-    return store, common + ["--storage", str(store / "optuna.journal")], common
+    uri = ["--tracking-uri", f"sqlite:///{store}/mlflow.db"]
+    run = ["--grid", str(grid), "--profile", "paper", "--dataset", "cifar10", "--data-dir",
+           str(cifar_dir), "--no-tune", "--storage", str(store / "optuna.journal"), *uri]
+    return store, run, uri
 
 
 def table_line(out: str) -> str:
@@ -28,7 +28,7 @@ def table_line(out: str) -> str:
 @pytest.mark.filterwarnings("ignore:.*differ from the official")
 def test_run_then_more_seeds_then_results_and_report(args, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the report goes to ./reports
-    store, run, common = args
+    store, run, uri = args
     assert main(["run", *run, "--seeds", "2", "--no-report"]) == 0
     out = capsys.readouterr().out
     assert " 2/2 " in table_line(out) and "measured" in table_line(out)
@@ -37,13 +37,36 @@ def test_run_then_more_seeds_then_results_and_report(args, capsys, tmp_path, mon
     assert main(["run", *run, "--seeds", "3", "--no-report"]) == 0  # adds repetition 2
     captured = capsys.readouterr()
     assert "repetitions 2 of 3" in captured.err and " 3/3 " in table_line(captured.out)
-    # without --seeds the report counts what the cell's last run asked for: 3, not the
-    # profile's default
-    out_dir = tmp_path / "elsewhere.parquet"
-    assert main(["results", *common, "--out", str(out_dir)]) == 0
+    # results and report find the latest run's cells in MLflow: no grid, profile or flags
+    out_file = tmp_path / "elsewhere.parquet"
+    assert main(["results", *uri, "--out", str(out_file)]) == 0
     assert " 3/3 " in table_line(capsys.readouterr().out)
-    assert len(pd.read_parquet(out_dir)) == 3
-    assert main(["report", *common]) == 0
+    assert len(pd.read_parquet(out_file)) == 3
+    assert main(["report", *uri]) == 0
     assert "report: reports/" in capsys.readouterr().out
     md = next((tmp_path / "reports").glob("*/report.md")).read_text()
     assert "3 of 3" in md
+
+
+@pytest.mark.filterwarnings("ignore:.*differ from the official")
+def test_the_report_shows_the_cells_of_the_latest_run_or_of_the_one_asked_for(
+        args, capsys, tmp_path, monkeypatch, cifar_dir):
+    monkeypatch.chdir(tmp_path)
+    store, run, uri = args
+    assert main(["run", *run, "--no-report"]) == 0
+    first = capsys.readouterr().err.split(", run ", 1)[1].split()[0]
+    tuned = [a for a in run if a != "--no-tune"] + ["--trials", "1"]  # another cell (key)
+    assert main(["run", *tuned, "--no-report", "--seeds", "1"]) == 0
+    capsys.readouterr()
+    assert main(["results", *uri]) == 0
+    out = capsys.readouterr().out
+    assert out.count("cnn · long-tail") == 1 and " 1/1 " in out  # the latest run's cell
+    assert "(4 repetitions); above: the 1 cell of run" in out  # the file holds both cells
+    assert main(["results", *uri, "--invocation", first]) == 0
+    out = capsys.readouterr().out
+    assert f"run {first}" in out and " 3/3 " in table_line(out)
+    assert main(["report", *uri, "--invocation", "nope"]) == 2
+    assert "ran no cell" in capsys.readouterr().err
+    empty = ["--tracking-uri", f"sqlite:///{tmp_path}/empty/mlflow.db"]
+    assert main(["report", *empty]) == 2
+    assert "holds no tailbench run yet" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import torch
 
 from benchmark.app import perf, perf_cells
 from benchmark.data import Dataset
+from benchmark.errors import UserError
 
 
 def tiny_data(n: int = 240) -> Dataset:
@@ -36,7 +37,8 @@ def test_alternate_runs_a_b_a_b_and_drops_the_warmup():
     assert len(ta) == len(tb) == 2 and all(t >= 0 for t in ta + tb)
 
 
-CELLS = (perf_cells.tracking_overhead, perf_cells.pruning_saving)  # whole cells: tested on their own below
+# whole cells: tested on their own below
+CELLS = (perf_cells.tracking_overhead, perf_cells.pruning_saving)
 
 
 @pytest.mark.slow
@@ -95,7 +97,7 @@ def test_perf_command_writes_the_json(tmp_path, monkeypatch, capsys, ctx):
 def test_bad_reps_is_an_error_a_user_can_act_on(ctx, monkeypatch):
     monkeypatch.setattr(perf, "load_images", lambda seed=0: ctx.data)
     args = argparse.Namespace(device="cpu", reps=0, out="unused.json", quick=True)
-    with pytest.raises(ValueError, match="--reps"):
+    with pytest.raises(UserError, match="--reps"):
         perf.run(args)
 
 

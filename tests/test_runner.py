@@ -48,10 +48,11 @@ def store(db, request):
     return Store(db, f"tailbench/synthetic/{request.node.name}")
 
 
-def run(store, data, cells=CELLS, **kw):
+def run(store, data, cells=CELLS, force=False):
     journal = store.uri.removeprefix("sqlite:///").replace("mlflow.db", "optuna.journal")
     return runner.run_grid([GridEntry(c, {}) for c in cells], data, store,
-                           device=torch.device("cpu"), tuning={"storage": journal}, **kw)
+                           device=torch.device("cpu"), tuning={"storage": journal},
+                           invocation=runner.Invocation(force=force))
 
 
 def cell_runs(store):

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from benchmark.errors import UserError
 from benchmark.train import (
     Diverged,
     Split,
@@ -179,14 +180,14 @@ def test_cpu_is_always_there():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_absent_cuda_is_an_error_that_says_what_to_do():
-    with pytest.raises(ValueError, match="'cuda' is not available on this machine; use "
+    with pytest.raises(UserError, match="'cuda' is not available on this machine; use "
                                          "--device cpu"):
         resolve_device("cuda")
 
 
 @pytest.mark.parametrize("name", ["tpu", "gpu", "CUDA", ""])
 def test_unknown_device_names_the_choices(name):
-    with pytest.raises(ValueError, match="unknown device .*choose one of auto, cpu, cuda, mps"):
+    with pytest.raises(UserError, match="unknown device .*choose one of auto, cpu, cuda, mps"):
         resolve_device(name)
 
 

@@ -112,6 +112,27 @@ def load_results(store: Store) -> pd.DataFrame:
     return _frame(rows)
 
 
+def invocation_cells(store: Store, invocation: str) -> list[dict]:
+    """The cells one `tailbench run` trained or found finished, in its grid's order, as the
+    report's specs (key, name, model, variant, augment, seeds, table, reference), read from
+    their cell runs' tags: nothing is derived again from command-line flags."""
+    tag = f"invocation.{invocation}"
+    cells: dict[str, object] = {}
+    for run in store.search(f"tags.{KIND} = 'cell'", ["attributes.start_time DESC"]):
+        if tag in run.data.tags:
+            cells.setdefault(run.data.tags.get("cell_key", run.info.run_id), run)
+    specs = []
+    for run in sorted(cells.values(), key=lambda r: int(r.data.tags[tag])):
+        t = run.data.tags
+        specs.append({"key": t.get("cell_key", ""), "name": t.get("cell_name", ""),
+                      "model": t.get("model", ""), "variant": t.get("variant", ""),
+                      "augment": t.get("augment", ""), "seeds": int(t.get("seeds", 1)),
+                      "table": int(t["table"]) if "table" in t else None,
+                      "reference": {k.removeprefix("reference_"): float(v) for k, v in t.items()
+                                    if k.startswith("reference_")}})
+    return specs
+
+
 def _frame(rows: list[dict]) -> pd.DataFrame:
     """Rows in a stable column order: Cell fields, identity, then metrics alphabetically."""
     fields = list(CELL_FIELDS)

@@ -20,13 +20,19 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
+from benchmark.errors import UserError  # noqa: E402
+
 DEFAULT_URI = "sqlite:///runs/mlflow.db"
 KIND = "tailbench_kind"  # tag: "cell" (top level), "repetition" or "trial" (nested under it)
 # MLflow 3's UI opens an experiment on its GenAI (traces) pages unless told it trains models
 KIND_TAG = {"mlflow.experimentKind": "custom_model_development"}
 
 
-class TrackingError(ValueError):
+LAST_INVOCATION = "tailbench.last_invocation"  # experiment tags: the latest `tailbench run`
+LAST_INVOCATION_MS = "tailbench.last_invocation_ms"  # ... and when it started
+
+
+class TrackingError(UserError, ValueError):
     """The tracking store cannot be used; the message says which and how to fix it."""
 
 
@@ -210,6 +216,18 @@ class Store:
             if not token:
                 return runs
 
+    def start_invocation(self, invocation: str) -> None:
+        """Mark `invocation` as the experiment's latest: the report shows its cells."""
+        self.client.set_experiment_tag(self.experiment_id, LAST_INVOCATION, invocation)
+        self.client.set_experiment_tag(self.experiment_id, LAST_INVOCATION_MS, str(_now()))
+
+    def invocation(self, invocation: str | None = None) -> str | None:
+        """The id asked for, or the experiment's latest invocation (None before any run)."""
+        if invocation:
+            return invocation
+        exp = self.client.get_experiment(self.experiment_id)
+        return exp.tags.get(LAST_INVOCATION)
+
     def latest_cell_run(self, key: str):
         """The newest top-level run of the cell with this key, whatever its status, or None:
         the run a re-run adds its missing repetitions to."""
@@ -258,6 +276,23 @@ class Store:
             for m in self.client.get_metric_history(run_id, key):
                 epochs.setdefault(m.step, {})[key] = m.value
         return [epochs[step] for step in sorted(epochs)]
+
+
+def latest_experiment(uri: str | None) -> str:
+    """The name of the tailbench experiment that the latest `tailbench run` on this tracking
+    store wrote to (the report's default)."""
+    uri = tracking_uri(uri)
+    Store._prepare_local(uri)
+    try:
+        exps = [e for e in MlflowClient(tracking_uri=uri).search_experiments(max_results=1000)
+                if e.name.startswith("tailbench/") and LAST_INVOCATION_MS in e.tags]
+    except Exception as e:  # a database that is not one, a server that is down
+        raise TrackingError(f"tracking store {uri} cannot be read: "
+                            f"{type(e).__name__}: {e}") from None
+    if not exps:
+        raise TrackingError(f"tracking store {uri} holds no tailbench run yet: run "
+                            "`make benchmark` (or `tailbench run`) first, or pass --tracking-uri")
+    return max(exps, key=lambda e: int(e.tags[LAST_INVOCATION_MS])).name
 
 
 def tag_json(value: object) -> str:

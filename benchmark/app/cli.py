@@ -10,13 +10,14 @@ import subprocess
 import sys
 import time
 import uuid
-import warnings
 from pathlib import Path
 
 from benchmark.app import perf
-from benchmark.data import SOURCES, DataError, default_data_dir, resolve_name
+from benchmark.app.console import Console, quiet_libraries
+from benchmark.data import SOURCES, default_data_dir, resolve_name
+from benchmark.errors import UserError
 from benchmark.models import MODELS
-from benchmark.train import DEVICES
+from benchmark.train import DEVICES, Diverged
 
 
 def _number(kind: type, low: float = 0, low_ok: bool = True):
@@ -117,7 +118,7 @@ def _run_parser(sub) -> None:
     p.add_argument("--workers", type=_number(int, 1), default=None,
                    help="worker processes sharing the grid (default: one per GPU, else 1)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a spawned one
-    p.add_argument("--force-nonce", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--invocation-id", default=None, help=argparse.SUPPRESS)  # the spawner's
     t = _trial_args(p)
     t.add_argument("--timeout", type=_positive(float), default=None,
                    help="stop each cell's study after this many seconds")
@@ -141,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     filters = {"model": args.model, "variant": args.variant, "augment": args.augment}
     entries = expand(args.grid, args.profile, args.dataset, filters, _overrides(args))
     if not entries:
-        raise ValueError(f"no cell of grid {args.grid!r} matches {filters}")
+        raise UserError(f"no cell of grid {args.grid!r} matches {filters}")
     device = resolve_device(args.device)
     open_storage(args.storage)  # a malformed or unreachable Optuna storage fails here
     source, why = resolve_name(args.dataset, Path(args.data_dir or default_data_dir()))
@@ -153,26 +154,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     if workers > 1 and not args.worker:
         return _spawn_workers(args, workers, store, entries, device)
     if args.dataset == "auto" and not args.worker:
-        print(f"tailbench: dataset auto -> {source} ({why})", file=sys.stderr)
+        Console().note(f"dataset auto -> {source} ({why})")
     return _run_here(args, store, entries, device, source)
 
 
 def _run_here(args: argparse.Namespace, store, entries, device, source: str) -> int:
-    from benchmark.app.runner import run_grid
+    from benchmark.app.runner import Invocation, run_grid
     from benchmark.data import load_dataset
 
     data = load_dataset(source, args.data_dir)
-    print(f"tailbench: {len(entries)} cells of grid {args.grid!r} ({args.profile}) on "
-          f"{data.source}, {device}; MLflow {store.uri}, experiment {store.experiment_name}",
-          file=sys.stderr)
-    outcomes = run_grid(entries, data, store, device=device, force=args.force,
-                        progress=sys.stderr.isatty() and not args.worker, tuning=_tuning(args),
-                        invocation_tags={"grid": args.grid, "profile": args.profile,
-                                         "dataset": data.source, "device": str(device)})
+    invocation = Invocation(args.invocation_id or uuid.uuid4().hex[:12], args.force,
+                            {"grid": args.grid, "profile": args.profile,
+                             "dataset": data.source, "device": str(device)})
+    Console().note(f"{len(entries)} cells of grid {args.grid!r} ({args.profile}) on "
+                   f"{data.source}, {device}; MLflow {store.uri}, experiment "
+                   f"{store.experiment_name}, run {invocation.id}")
+    outcomes = run_grid(entries, data, store, device=device, invocation=invocation,
+                        progress=sys.stderr.isatty() and not args.worker, tuning=_tuning(args))
     failed = [o for o in outcomes if o.status == "failed"]
     if args.worker:  # the process that spawned it prints the table and writes the report
         return 1 if failed else 0
-    _finish(store, entries, report=not args.no_report)
+    _finish(store, invocation.id, report=not args.no_report)
     for o in failed:
         print(f"FAILED {o.cell.name}: {o.error}", file=sys.stderr)
     return 1 if failed else 0
@@ -184,32 +186,31 @@ def _report_parser(sub) -> None:
                        ("results", "write the results table, a row per repetition, from the "
                                    "runs in MLflow to runs/results.parquet and print it")):
         p = sub.add_parser(name, help=what)
-        p.add_argument("--grid", default="full")
-        p.add_argument("--profile", default="quick")
-        p.add_argument("--dataset", default="auto", choices=list(SOURCES))
-        p.add_argument("--data-dir", default=None)
-        p.add_argument("--tracking-uri", default=None)
+        p.add_argument("--tracking-uri", default=None, help="MLflow store "
+                       "(env MLFLOW_TRACKING_URI, default sqlite:///runs/mlflow.db)")
+        p.add_argument("--experiment", default=None, help="default: the experiment of the "
+                       "latest `tailbench run` on the store (e.g. tailbench/cifar10/paper)")
+        p.add_argument("--invocation", default=None, help="show the cells of this run's id "
+                       "(the `invocation` tag of a cell run); default: the latest run's")
         p.add_argument("--out", default=None, help="the Parquet file (default: results.parquet "
                        "beside a local store's mlflow.db, else runs/results.parquet)")
-        _trial_args(p)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from benchmark.cells import expand
-    from tracking.store import Store
+    """The cells of one invocation, found in MLflow (never by expanding a grid again)."""
+    from tracking.store import Store, latest_experiment
 
-    source, _ = resolve_name(args.dataset, Path(args.data_dir or default_data_dir()))
-    entries = expand(args.grid, args.profile, source, overrides=_overrides(args))
-    # without --seeds, each cell counts the repetitions its last run asked for (its `seeds`
-    # tag): a report after `run --seeds 6` shows all six
-    _finish(Store(args.tracking_uri, f"tailbench/{source}/{args.profile}"), entries,
-            report=args.command == "report", out=args.out, asked=args.seeds is not None)
+    store = Store(args.tracking_uri, args.experiment or latest_experiment(args.tracking_uri))
+    invocation = store.invocation(args.invocation)
+    if invocation is None:
+        raise UserError(f"experiment {store.experiment_name} at {store.uri} records no "
+                        "`tailbench run` yet: run one first, or pass --invocation ID")
+    _finish(store, invocation, report=args.command == "report", out=args.out)
     return 0
 
 
 def _tuning(args: argparse.Namespace) -> dict:
-    return {"storage": args.storage, "timeout": args.timeout, "jobs": args.jobs or 1,
-            "force_nonce": args.force_nonce}
+    return {"storage": args.storage, "timeout": args.timeout, "jobs": args.jobs or 1}
 
 
 def _spawn_workers(args: argparse.Namespace, n: int, store, entries, device) -> int:
@@ -219,10 +220,11 @@ def _spawn_workers(args: argparse.Namespace, n: int, store, entries, device) -> 
 
     argv = [a for i, a in enumerate(args.argv) if not a.startswith("--workers") and
             not (i and args.argv[i - 1] == "--workers")]
+    invocation = uuid.uuid4().hex[:12]  # one run, all its workers
     cmd = [sys.executable, "-m", "benchmark.app.cli", *argv, "--worker",
-           "--force-nonce", uuid.uuid4().hex]
+           "--invocation-id", invocation]
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
-    print(f"tailbench: {n} workers" + (f" on {gpus} GPUs" if gpus else ""), file=sys.stderr)
+    Console().note(f"{n} workers" + (f" on {gpus} GPUs" if gpus else ""))
     # on the CPU the workers share its cores: n processes of all-core torch would thrash
     threads = {} if gpus else {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // n))}
     procs = [subprocess.Popen(cmd, env=os.environ | threads | (
@@ -233,28 +235,28 @@ def _spawn_workers(args: argparse.Namespace, n: int, store, entries, device) -> 
         for p in procs:
             p.wait()
         raise
-    df = _finish(store, entries, report=not args.no_report)
+    df = _finish(store, invocation, report=not args.no_report)
     ok = set(df.loc[df["outcome"] == "ok", "cell_key"]) if len(df) else set()
     return max(codes) if any(codes) else int(any(e.cell.key not in ok for e in entries))
 
 
-def _finish(store, entries, report: bool, out: str | None = None, asked: bool = True):
-    """The results table from MLflow: written to Parquet, printed, and made into the report
-    (each cell with the repetitions its entry asks for, or with `asked` False those its runs
-    last asked for). Returns it."""
+def _finish(store, invocation: str, report: bool, out: str | None = None):
+    """The results table from MLflow: written to Parquet (every repetition of the experiment),
+    printed and made into the report (the cells of `invocation`, each with the repetitions
+    its last run asked for). Returns the table."""
     from tracking.report import build_report, results_table
-    from tracking.results import default_path, load_results, write_results
+    from tracking.results import default_path, invocation_cells, load_results, write_results
 
     df = load_results(store)
     path = write_results(df, Path(out) if out else default_path(store))
-    expected = [{"key": e.cell.key, "name": e.cell.name, "model": e.cell.model,
-                 "variant": e.cell.variant, "augment": e.cell.augment,
-                 "seeds": e.cell.seeds, "seeds_from_runs": not asked,
-                 "table": e.reference.get("table"),
-                 "reference": {k: v for k, v in e.reference.items() if k != "table"}}
-                for e in entries]
+    expected = invocation_cells(store, invocation)
+    if not expected:
+        raise UserError(f"invocation {invocation!r} ran no cell of experiment "
+                        f"{store.experiment_name}: check the id (a cell run's `invocation` tag)")
     print(results_table(df, expected))
-    print(f"results: {path} ({len(df)} repetitions)")
+    n = len(expected)
+    print(f"results: {path} ({len(df)} repetitions); above: the {n} cell{'s' * (n != 1)} of "
+          f"run {invocation}")
     if report:
         md = build_report(df, expected, store.experiment_name, store.uri)
         print(f"report: {md} (and report.html beside it)")
@@ -275,31 +277,24 @@ COMMANDS = {"train": cmd_train, "run": cmd_run, "report": cmd_report, "results":
             "perf": perf.run}
 
 
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"tailbench: warning: {message}\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    old, warnings.formatwarning = warnings.formatwarning, _one_line_warning
-    try:
-        return _dispatch(args)
-    finally:  # put the process's formatter back (tests, embedding)
-        warnings.formatwarning = old
+    quiet_libraries()
+    return _dispatch(args)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    """A UserError (bad input, missing data, an unusable store) or a diverged `train` is one
+    line and exit 2; anything else is a bug or a fault and keeps its traceback."""
     start = time.perf_counter()
     try:
         return COMMANDS[args.command](args)
-    except (DataError, ValueError, FloatingPointError) as e:  # GridError, TrackingError,
-        # storage errors are ValueErrors; Diverged is a FloatingPointError
-        print(f"tailbench {args.command}: error: {e}", file=sys.stderr)
+    except (UserError, Diverged) as e:
+        Console().error(args.command, str(e))
         return 2
     except KeyboardInterrupt:
-        print(f"\ntailbench {args.command}: interrupted after {time.perf_counter() - start:.0f}s",
-              file=sys.stderr)
+        Console().note(f"{args.command} interrupted after {time.perf_counter() - start:.0f}s")
         return 130
 
 

@@ -30,6 +30,7 @@ from benchmark.app.perf_timing import Comparison, Context, Row, alternate, paire
 from benchmark.data import DataError, Dataset, load_dataset
 from benchmark.data.augment import FlipNoise, NoAugment
 from benchmark.data.variants import make_variant
+from benchmark.errors import UserError
 from benchmark.models import create_model
 
 SIZES = {  # images per measurement: enough for steady timings, small enough for ~8 min
@@ -253,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     sizes = SIZES["quick" if args.quick else "full"]
     reps = args.reps if args.reps is not None else sizes["reps"]
     if reps < 1:
-        raise ValueError(f"--reps must be at least 1, got {reps}")
+        raise UserError(f"--reps must be at least 1, got {reps}")
     ctx = Context(train.resolve_device(args.device), load_images(), dict(sizes), reps)
     if (load := os.getloadavg()[0]) > 0.5 * (os.cpu_count() or 1):
         print(f"tailbench perf: warning: load average {load:.1f} on {os.cpu_count()} CPUs; "

@@ -11,8 +11,6 @@ std, 95% CI over the repetitions that learned) are computed again from all of th
 from __future__ import annotations
 
 import dataclasses
-import functools
-import sys
 import tempfile
 import time
 import uuid
@@ -21,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from benchmark.app.console import Console
 from benchmark.cells import REPETITION_FIELDS, Cell, GridEntry
 from benchmark.data import Dataset
 from benchmark.data.augment import NoAugment, make_augment
@@ -92,8 +91,26 @@ def prepare(cell: Cell, data: Dataset, device: torch.device, repetition: int = 0
                     class_counts(data.train_y, data.num_classes))
 
 
+@dataclass(frozen=True)
+class Invocation:
+    """One `tailbench run` (all of its workers): its id, whether it forces re-runs, and what
+    it says about itself on the cells it touches (grid, profile, dataset, device)."""
+
+    id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:12])
+    force: bool = False
+    about: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def tags(self, position: int, reference: dict) -> dict[str, object]:
+        """The tags a cell run gets from this invocation: its id, the cell's place in the grid
+        (so the report shows this invocation's cells in grid order) and the reference's
+        numbers for the cell."""
+        return {"invocation": self.id, f"invocation.{self.id}": position,
+                **{f"invocation_{k}": v for k, v in self.about.items()},
+                **{k if k == "table" else f"reference_{k}": v for k, v in reference.items()}}
+
+
 def _record_cell(run: RunLog, cell: Cell, data: Dataset, device: torch.device,
-                 invocation: dict) -> None:
+                 tags: dict) -> None:
     """The cell run's params (every Cell field but the repetition count, which may grow: it
     is a tag) and tags."""
     run.log_params({k: v for k, v in cell.params().items() if k not in REPETITION_FIELDS})
@@ -102,7 +119,7 @@ def _record_cell(run: RunLog, cell: Cell, data: Dataset, device: torch.device,
                   "profile": cell.profile, "seeds": cell.seeds, "device": str(device),
                   "torch_version": torch.__version__, "git_commit": git_commit(),
                   "classes": tag_json(list(data.classes)),
-                  "tail_classes": tag_json(list(TAIL_CLASSES)), **invocation})
+                  "tail_classes": tag_json(list(TAIL_CLASSES)), **tags})
 
 
 def _record_repetition(run: RunLog, prep: Prepared) -> None:
@@ -236,15 +253,15 @@ def summarize_cell(store: Store, run: RunLog, cell: Cell, cell_run) -> tuple[int
                                                                strict=True))
         run.set_tags({"error": f"no repetition learned ({why})"[:4000]})
         run.end("FAILED")
-        return 0, f"failed: none of {len(df)} repetitions learned"
-    test = summarize(ok["final_test_acc"])
-    return len(ok), (f"done: {len(ok)} of {cell.seeds} repetitions learned; test accuracy "
-                     f"(%) {test.text()}")
+        return 0, f"none of {len(df)} repetitions learned ({why})"[:300]
+    test, tail = summarize(ok["final_test_acc"]), summarize(ok["tail_acc"])
+    return len(ok), (f"{len(ok)} of {cell.seeds} repetitions learned; test "
+                     f"{test.text(count=False)}%, tail {tail.text(count=False)}%")
 
 
 def run_grid(entries: list[GridEntry], data: Dataset, store: Store, *, device: torch.device,
-             force: bool = False, progress: bool = False, tuning: dict | None = None,
-             invocation_tags: dict | None = None) -> list[Outcome]:
+             invocation: Invocation | None = None, progress: bool = False,
+             tuning: dict | None = None) -> list[Outcome]:
     """Every cell as a top-level run, tagged with this invocation. Cells whose repetitions all
     have an outcome are skipped (unless `force`, which starts a new cell run); a failing cell
     is recorded FAILED and the next one runs; Ctrl-C ends the current runs KILLED and stops.
@@ -255,18 +272,17 @@ def run_grid(entries: list[GridEntry], data: Dataset, store: Store, *, device: t
 
     tuning = dict(tuning or {})
     storage = open_storage(tuning.get("storage"))
+    invocation = invocation or Invocation()
+    store.start_invocation(invocation.id)
     # --force re-runs finished cells once per invocation: its claims get names of their own
-    nonce = tuning.pop("force_nonce", None) or uuid.uuid4().hex
-    suffix = f" force {nonce}" if force else ""
-    invocation = {"invocation": nonce[:12],
-                  **{f"invocation_{k}": v for k, v in (invocation_tags or {}).items()}}
+    suffix = f" force {invocation.id}" if invocation.force else ""
     outcomes: list[Outcome] = []
+    console = Console()
     for i, entry in enumerate(entries, 1):
-        say = functools.partial(print, f"[{i}/{len(entries)}] {entry.cell.name}:",
-                                file=sys.stderr, flush=True)
+        say = console.cell(i, len(entries), entry.cell.name)
         outcomes.append(_run_entry(entry.cell, data, store, storage, suffix, say,
-                                   device=device, force=force, progress=progress,
-                                   tuning=tuning, invocation=invocation))
+                                   device=device, force=invocation.force, progress=progress,
+                                   tuning=tuning, tags=invocation.tags(i, entry.reference)))
     return outcomes
 
 
@@ -288,12 +304,13 @@ def _missing(store: Store, cell: Cell, force: bool):
 
 def _run_entry(cell: Cell, data: Dataset, store: Store, storage, suffix: str, say, *,
                device: torch.device, force: bool, progress: bool, tuning: dict,
-               invocation: dict) -> Outcome:
+               tags: dict) -> Outcome:
     from studies.claims import try_claim
 
     cell_run, missing = _missing(store, cell, force)
     if not missing:
-        say(f"all {cell.seeds} repetitions finished before, skipped")
+        store.run_log(cell_run.info.run_id).set_tags(tags)  # in this invocation's report
+        say(f"skipped (all {cell.seeds} repetitions finished before)")
         return Outcome(cell, "skipped")
     claim = try_claim(storage, _claim_name(cell) + suffix)
     if claim is None:  # another live worker has this cell
@@ -303,8 +320,8 @@ def _run_entry(cell: Cell, data: Dataset, store: Store, storage, suffix: str, sa
     if not missing:
         claim.release(True)
         return Outcome(cell, "skipped")
-    say(f"{cell.epochs} epochs, repetitions {', '.join(map(str, missing))} of {cell.seeds}"
-        + (f", {cell.trials} trials" if cell.trials else "") + " ...")
+    say(f"started: {cell.epochs} epochs" + (f", {cell.trials} trials" if cell.trials else "")
+        + f", repetitions {_ranges(missing)} of {cell.seeds}")
     start = time.perf_counter()
     try:
         reopen = cell_run.info.run_id if cell_run else None
@@ -313,10 +330,11 @@ def _run_entry(cell: Cell, data: Dataset, store: Store, storage, suffix: str, sa
             if reopen:  # a dead worker's repetitions: we hold the claim, nobody runs them
                 store.end_lost([r.info.run_id for r in store.children(reopen, "repetition")],
                                LOST_WORKER)
-            _record_cell(run, cell, data, device, invocation)
+            _record_cell(run, cell, data, device, tags)
             run_cell(cell, data, run, device, missing, progress, tuning, say)
             learned, line = summarize_cell(store, run, cell, store.client.get_run(run.run_id))
-            say(line)
+            say(f"finished in {time.perf_counter() - start:.0f} s: {line}" if learned
+                else f"failed: {line}")
     except KeyboardInterrupt:
         claim.release(False)
         raise
@@ -329,6 +347,18 @@ def _run_entry(cell: Cell, data: Dataset, store: Store, storage, suffix: str, sa
     return Outcome(cell, "finished" if learned else "failed",
                    error="" if learned else line, seconds=time.perf_counter() - start,
                    trained=len(missing))
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2, 5": the repetitions a cell still needs, short."""
+    out, start = [], None
+    for i, n in enumerate(numbers):
+        if start is None:
+            start = n
+        if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
+            out.append(f"{start}" if start == n else f"{start}-{n}")
+            start = None
+    return ", ".join(out)
 
 
 def _claim_name(cell: Cell) -> str:

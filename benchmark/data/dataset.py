@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 
 from benchmark.data.sampling import stratified_subset
+from benchmark.errors import UserError
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """Data that is missing, corrupt or of the wrong shape; the message says where and what
     to do."""
 

@@ -1,0 +1,36 @@
+"""What the user reads, in one voice: a line per event on stderr, `tailbench: ...` for the
+command and `[i/n] cell: ...` for a cell. Third-party libraries are turned down (Optuna's
+per-trial INFO lines, MLflow's and alembic's database messages), not reformatted; their
+warnings keep their own format."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+import studies
+import tracking
+
+
+def quiet_libraries() -> None:
+    """Optuna at WARNING, MLflow's and alembic's loggers at WARNING."""
+    studies.quiet_logs()
+    tracking.quiet_logs()
+
+
+class Console:
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream or sys.stderr, flush=True)
+
+    def note(self, text: str) -> None:
+        self._print(f"tailbench: {text}")
+
+    def error(self, command: str, text: str) -> None:
+        self._print(f"tailbench {command}: error: {text}")
+
+    def cell(self, i: int, n: int, name: str):
+        """The voice of one cell of a grid: `say(text)` prints `[i/n] name: text`."""
+        return lambda text: self._print(f"[{i}/{n}] {name}: {text}")

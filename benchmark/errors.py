@@ -1,0 +1,7 @@
+"""The one base of the errors a user can fix: bad input, missing or damaged data, an unusable
+store. The CLI prints such an error's message as one line and exits 2; every other exception
+is a bug or a fault and keeps its traceback."""
+
+
+class UserError(Exception):
+    """Something the user can act on; the message says what, where, and what to do."""
