@@ -12,12 +12,7 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import (
-    balanced_accuracy_score,
-    classification_report,
-    confusion_matrix,
-    f1_score,
-)
+from sklearn.metrics import classification_report, confusion_matrix, f1_score, recall_score
 
 # MLflow accepts letters, digits, _ - . / space (and : off Windows) in metric names. We keep
 # only [A-Za-z0-9_.-]: a "/" makes the MLflow UI file the chart under a section of its own,
@@ -83,6 +78,18 @@ def _check(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str],
         raise ValueError(f"tail classes {bad} are not class indices 0..{n - 1}")
 
 
+def balanced_accuracy(y_true, y_pred) -> float:
+    """Mean recall over the classes present in `y_true` (scikit-learn's balanced accuracy,
+    without its warning when a class is predicted that `y_true` lacks); 0 for no images.
+    The one definition, used by training's evaluation (so by the tuning objective), the
+    final fits and the report alike."""
+    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
+    if not y_true.size:
+        return 0.0
+    return float(recall_score(y_true, y_pred, labels=np.unique(y_true), average="macro",
+                              zero_division=0))
+
+
 def cell_metrics(y_true, y_pred, classes: list[str], tail_classes: list[int]) -> CellMetrics:
     """Confusion matrix, classification report, balanced accuracy, macro F1, head/tail split.
 
@@ -102,8 +109,7 @@ def cell_metrics(y_true, y_pred, classes: list[str], tail_classes: list[int]) ->
         "head_acc": head_acc,
         "tail_acc": tail_acc,
         "tail_gap": head_acc - tail_acc,
-        # sklearn averages recall over the classes present in y_true only
-        "balanced_acc": float(balanced_accuracy_score(y_true, y_pred)),
+        "balanced_acc": balanced_accuracy(y_true, y_pred),
         # zero_division=0: a class never predicted scores F1 0 instead of raising a warning
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro",
                                    zero_division=0)),

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from benchmark.data.augment import NoAugment
 from benchmark.errors import UserError
+from benchmark.metrics import balanced_accuracy
 from benchmark.models import CHANNELS_LAST, create_model
 
 HYP = {
@@ -154,16 +155,8 @@ def evaluate(model: nn.Module, data: Split, batch_size: int = 1024) -> dict:
     pred = torch.cat(preds) if preds else data.y.new_empty(0)
     n = max(1, len(data.y))
     return {"loss": loss_sum.item() / n, "acc": (pred == data.y).float().sum().item() / n,
-            "balanced_acc": balanced_accuracy(data.y, pred), "preds": pred.cpu()}
-
-
-def balanced_accuracy(y: torch.Tensor, pred: torch.Tensor) -> float:
-    """Mean recall over the classes present in `y`."""
-    classes = torch.unique(y)
-    if not len(classes):
-        return 0.0
-    recalls = [(pred[y == c] == c).float().mean() for c in classes]
-    return torch.stack(recalls).mean().item()
+            "balanced_acc": balanced_accuracy(data.y.cpu().numpy(), pred.cpu().numpy()),
+            "preds": pred.cpu()}
 
 
 # A fit "did not learn" when its final weights predict one class for this share of the test

@@ -10,7 +10,7 @@ import optuna
 from studies.space import SPACE, Param, searched
 from studies.storage import open_storage, storage_url
 from studies.summary import StudySummary, TrialRecord
-from studies.tune import TuneResult, study_name, tune_cell
+from studies.tune import TuneOptions, TuneResult, study_name, tune_cell
 
 
 def quiet_logs() -> None:
@@ -18,5 +18,5 @@ def quiet_logs() -> None:
     optuna.logging.set_verbosity(logging.WARNING)
 
 
-__all__ = ["SPACE", "Param", "StudySummary", "TrialRecord", "TuneResult", "open_storage",
-           "quiet_logs", "searched", "storage_url", "study_name", "tune_cell"]
+__all__ = ["SPACE", "Param", "StudySummary", "TrialRecord", "TuneOptions", "TuneResult",
+           "open_storage", "quiet_logs", "searched", "storage_url", "study_name", "tune_cell"]

@@ -108,25 +108,36 @@ def _finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def tune_cell(cell: Cell, data: Dataset, device: torch.device, run, *, seed: int | None = None,
-              storage: str | Path | None = None, timeout: float | None = None, jobs: int = 1,
-              pruner: optuna.pruners.BasePruner | None = None,
-              space: tuple[Param, ...] = SPACE) -> TuneResult:
+@dataclass(frozen=True)
+class TuneOptions:
+    """How a cell's study runs (its budget, `trials`, is the cell's own)."""
+
+    storage: str | Path | None = None  # journal path, sqlite:///, postgresql://; None: default
+    timeout: float | None = None  # seconds one cell's study may take; None: no limit
+    jobs: int = 1  # trials at once, in threads sharing the device
+    pruner: optuna.pruners.BasePruner | None = None  # None: default_pruner(cell)
+    space: tuple[Param, ...] = SPACE  # what is searched
+
+
+def tune_cell(cell: Cell, data: Dataset, device: torch.device, run,
+              options: TuneOptions | None = None, *, seed: int | None = None) -> TuneResult:
     """Tune the cell's searched fields on a validation split of `data`'s training set (after
     the long-tail cut, before oversampling) until its study holds `cell.trials` finished
     (complete or pruned) trials, or `timeout` seconds pass. `data` is repetition 0's cut and
     `seed` its seed (default `cell.repetition_seed(0)`): it draws the validation split, and
     every trial's initial weights and batch order. Each trial is a nested run of `run`. A
     study that already holds enough trials trains nothing and gives its best."""
+    options = options or TuneOptions()
+    space = options.space
     check_space(space)
-    url = storage_url(storage)
-    study = _open_study(cell, open_storage(url), pruner)
+    url = storage_url(options.storage)
+    study = _open_study(cell, open_storage(url), options.pruner)
     run.set_tags({"optuna_study": study.study_name, "optuna_storage": masked(url)})
     if not study.get_trials(deepcopy=False):
         # the cell's own values first: tuning can then only improve on them (on validation)
         study.enqueue_trial(starting_point(cell, space), skip_if_exists=True)
     seed = cell.repetition_seed(0) if seed is None else seed
-    dead = _optimize(study, cell, data, device, run, space, timeout, jobs, seed)
+    dead = _optimize(study, cell, data, device, run, space, options.timeout, options.jobs, seed)
     result = _result(study, searched(cell, space), cell.seed, url)
     result.dead_runs = [t.user_attrs["mlflow_run_id"] for t in dead
                         if "mlflow_run_id" in t.user_attrs]

@@ -12,6 +12,7 @@ from benchmark.app import runner
 from benchmark.cells import Cell
 from benchmark.data import Dataset
 from benchmark.train import build_model
+from studies import TuneOptions
 from studies.objective import tuning_data
 
 CPU = torch.device("cpu")
@@ -69,7 +70,7 @@ def test_the_study_tunes_on_repetition_0(data, monkeypatch, tmp_path):
 
     with pytest.raises(RuntimeError, match="stop here"):
         runner._tune(dataclasses.replace(CELL, trials=2), data, NullRunLog(), CPU,
-                     {"storage": str(tmp_path / "optuna.journal")})
+                     TuneOptions(str(tmp_path / "optuna.journal")))
     assert seen["seed"] == CELL.repetition_seed(0)
     assert seen["train"] == images(runner.cut(CELL, data, 0).train_x)
 

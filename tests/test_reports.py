@@ -15,7 +15,8 @@ from scipy import stats as st
 
 from benchmark.metrics import cell_metrics, class_metric_names, metric_name, normalize_rows
 from tracking import plots
-from tracking.report import build_report, results_table, write_cell_artifacts
+from tracking.artifacts import write_repetition_artifacts
+from tracking.report import build_report, results_table
 
 CIFAR = ["airplane", "automobile", "bird", "cat", "deer",
          "dog", "frog", "horse", "ship", "truck"]
@@ -138,10 +139,11 @@ def test_cross_cell_figures_render():
     assert_readable_png(plots.png_bytes(bars))
 
 
-def test_write_cell_artifacts(tmp_path):
+def test_write_repetition_artifacts(tmp_path):
     y, p = predictions()
-    scalars = write_cell_artifacts(tmp_path, "cnn · long-tail · none", history(), y, p,
-                                   CIFAR, TAIL)
+    m = cell_metrics(y, p, CIFAR, TAIL)
+    write_repetition_artifacts(tmp_path, "cnn · long-tail · none", history(), m, CIFAR, TAIL)
+    scalars = m.scalars
     for name in ["loss", "accuracy", "confusion", "confusion_normalized", "per_class_accuracy"]:
         assert_readable_png((tmp_path / "figures" / f"{name}.png").read_bytes())
     report = json.loads((tmp_path / "reports" / "classification_report.json").read_text())

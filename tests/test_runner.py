@@ -17,6 +17,7 @@ from benchmark.app.cli import main
 from benchmark.cells import Cell, GridEntry
 from benchmark.data import Dataset
 from benchmark.models import MODELS
+from studies import TuneOptions
 from tracking.results import load_results, write_results
 from tracking.store import Store
 
@@ -51,7 +52,7 @@ def store(db, request):
 def run(store, data, cells=CELLS, force=False):
     journal = store.uri.removeprefix("sqlite:///").replace("mlflow.db", "optuna.journal")
     return runner.run_grid([GridEntry(c, {}) for c in cells], data, store,
-                           device=torch.device("cpu"), tuning={"storage": journal},
+                           device=torch.device("cpu"), tuning=TuneOptions(journal),
                            invocation=runner.Invocation(force=force))
 
 

@@ -21,7 +21,7 @@ from studies.objective import tuning_data
 from studies.space import SPACE, Param, check_space, searched, starting_point, suggest
 from studies.storage import open_storage, storage_url
 from studies.summary import StudySummary, TrialRecord
-from studies.tune import default_pruner, study_name, tune_cell
+from studies.tune import TuneOptions, default_pruner, study_name, tune_cell
 from tracking.store import Store
 from tracking.study_plots import write_study_figures
 
@@ -102,8 +102,8 @@ def test_two_cell_study_nests_trials_marks_pruned_and_records_best(tmp_path, dat
     store = store_at(tmp_path)
     # a space where batch-8 SGD neither diverges nor stalls: only the pruner stops trials
     space = (Param("lr", 0.02, 0.1, log=True), SPACE[1])
-    tuning = {"storage": str(tmp_path / "optuna" / "studies.journal"), "pruner": PruneOddTrials(),
-              "space": space}
+    tuning = TuneOptions(str(tmp_path / "optuna" / "studies.journal"), pruner=PruneOddTrials(),
+                         space=space)
     outcomes = runner.run_grid([GridEntry(c, {}) for c in (PLAIN, OVERSAMPLED)], data, store,
                                device=CPU, tuning=tuning)
     assert [o.status for o in outcomes] == ["finished", "finished"], outcomes
@@ -134,7 +134,7 @@ def test_two_cell_study_nests_trials_marks_pruned_and_records_best(tmp_path, dat
         assert expected | ({"optuna/lr_sigma.png"} if cell.oversamples else set()) <= pngs
         assert ("optuna/lr_sigma.png" in pngs) == cell.oversamples
         study = optuna.load_study(study_name=study_name(cell),
-                                  storage=open_storage(tuning["storage"]))
+                                  storage=open_storage(tuning.storage))
         assert [t.user_attrs["mlflow_run_id"] for t in study.trials] == [
             t.info.run_id for t in mine]
     # 3 trials per cell, each oversampler built on the training part alone: balanced 200 - 20
@@ -146,8 +146,8 @@ def test_a_diverging_learning_rate_prunes_its_trials_and_the_cell_still_finishes
         tmp_path, data):
     store = store_at(tmp_path)
     cell = dataclasses.replace(PLAIN, trials=2)
-    tuning = {"storage": str(tmp_path / "optuna.journal"),
-              "space": (Param("lr", 1e4, 1e5, log=True),)}
+    tuning = TuneOptions(str(tmp_path / "optuna.journal"),
+                         space=(Param("lr", 1e4, 1e5, log=True),))
     [outcome] = runner.run_grid([GridEntry(cell, {})], data, store, device=CPU, tuning=tuning)
     assert outcome.status == "finished", outcome.error
     client = MlflowClient(store.uri)
@@ -168,13 +168,13 @@ def test_a_study_resumes_to_more_trials_without_starting_over(tmp_path, data):
     storage = str(tmp_path / "optuna.journal")
     cell = dataclasses.replace(PLAIN, trials=2)
     with store.cell_run(cell.name, {}) as run:
-        first = tune_cell(cell, data, CPU, run, storage=storage)
+        first = tune_cell(cell, data, CPU, run, TuneOptions(storage))
     more = dataclasses.replace(cell, trials=4, seeds=5)
     assert study_name(more) == study_name(cell)  # the budget is not part of the study
     with store.cell_run(more.name, {}) as run:
-        second = tune_cell(more, data, CPU, run, storage=storage)
+        second = tune_cell(more, data, CPU, run, TuneOptions(storage))
     with store.cell_run(more.name, {}) as run:
-        third = tune_cell(more, data, CPU, run, storage=storage)
+        third = tune_cell(more, data, CPU, run, TuneOptions(storage))
     assert first.complete + first.pruned == 2
     assert second.complete + second.pruned == 4
     before, after = first.summary.trials, second.summary.trials

@@ -1,4 +1,4 @@
-"""One cell's artifact folder, and the cross-cell report computed from the results table.
+"""The cross-cell report, computed from the results table.
 
 The report is built from the tidy results DataFrame (one row per repetition, see
 tracking.findings) as a list of blocks (heading, paragraph, table, image) and rendered
@@ -10,8 +10,6 @@ benchmark.stats.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from datetime import datetime, timezone
@@ -20,53 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.metrics import cell_metrics, class_metric_names
+from benchmark.metrics import class_metric_names
 from benchmark.stats import MINUS
 from tracking import plots
 from tracking.findings import HOW_JUDGED, OK, CellResult, expected_cells, findings_table, first_line
 from tracking.render import Image, Table, to_html, to_markdown
 
 NA = "—"  # a number that does not exist (cell not measured, no reference)
-
-
-# ---------------------------------------------------------------- one cell's artifacts
-
-def _confusion_csv(cm: np.ndarray, classes: list[str]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["true \\ predicted", *classes])  # rows are true classes, as in sklearn
-    for name, row in zip(classes, cm.tolist(), strict=True):
-        w.writerow([name, *row])
-    return buf.getvalue()
-
-
-def write_cell_artifacts(out_dir: Path, cell_title: str, history: list[dict], y_true, y_pred,
-                         classes: list[str], tail_classes: list[int]) -> dict[str, float]:
-    """Figures and sklearn reports of one cell into out_dir; returns its scalar metrics.
-
-    Writes figures/{loss,accuracy,confusion,confusion_normalized,per_class_accuracy}.png
-    and reports/classification_report.{json,txt}, reports/confusion_matrix.csv.
-    """
-    out_dir = Path(out_dir)
-    m = cell_metrics(y_true, y_pred, classes, tail_classes)
-    recall = [m.scalars.get(n, math.nan) for n in class_metric_names(list(classes))]
-    figures = {
-        "loss.png": plots.loss_curve(history, cell_title),
-        "accuracy.png": plots.accuracy_curve(history, cell_title),
-        "confusion.png": plots.confusion_figure(m.confusion, classes, cell_title),
-        "confusion_normalized.png": plots.confusion_figure(m.confusion, classes, cell_title,
-                                                           normalized=True),
-        "per_class_accuracy.png": plots.per_class_accuracy_figure(recall, classes,
-                                                                  tail_classes, cell_title),
-    }
-    for name, fig in figures.items():
-        plots.save_png(fig, out_dir / "figures" / name)
-    reports = out_dir / "reports"
-    reports.mkdir(parents=True, exist_ok=True)
-    (reports / "classification_report.json").write_text(json.dumps(m.report_dict, indent=2))
-    (reports / "classification_report.txt").write_text(m.report_text)
-    (reports / "confusion_matrix.csv").write_text(_confusion_csv(m.confusion, list(classes)))
-    return dict(m.scalars)
 
 
 # ---------------------------------------------------------------- numbers -> text

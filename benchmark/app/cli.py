@@ -209,8 +209,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tuning(args: argparse.Namespace) -> dict:
-    return {"storage": args.storage, "timeout": args.timeout, "jobs": args.jobs or 1}
+def _tuning(args: argparse.Namespace):
+    from studies import TuneOptions
+
+    return TuneOptions(args.storage, args.timeout, args.jobs or 1)
 
 
 def _spawn_workers(args: argparse.Namespace, n: int, store, entries, device) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 from benchmark.app.perf_timing import Context, Row, alternate, paired
 from benchmark.app.runner import cut, run_cell, summarize_cell
 from benchmark.cells import Cell
+from studies import TuneOptions, tune_cell
 from tracking.store import NullRunLog, Store
 
 TRACKING_TARGET = 1.03  # a tracked cell may take at most 3% longer
@@ -49,12 +50,10 @@ def tracking_overhead(ctx: Context) -> Row:
 
 
 def pruning_saving(ctx: Context) -> Row:
-    from studies import tune_cell
-
     cell = _cell(ctx, epochs=4, train_limit=2000, trials=6 if ctx.sizes["batch"] >= 256 else 3)
     with tempfile.TemporaryDirectory() as tmp:
         result = tune_cell(cell, cut(cell, ctx.data), ctx.device, NullRunLog(),
-                           storage=str(Path(tmp) / "optuna.journal"))
+                           TuneOptions(str(Path(tmp) / "optuna.journal")))
     full = cell.trials * cell.epochs
     return Row("pruning: epochs trained", "epochs", result.epochs_trained, full,
                result.epochs_trained / full, percent=True,

@@ -24,6 +24,7 @@ from benchmark.cells import REPETITION_FIELDS, Cell, GridEntry
 from benchmark.data import Dataset
 from benchmark.data.augment import NoAugment, make_augment
 from benchmark.data.variants import TAIL_CLASSES, class_counts, make_variant
+from benchmark.metrics import cell_metrics
 from benchmark.stats import summarize
 from benchmark.train import (
     Diverged,
@@ -34,8 +35,12 @@ from benchmark.train import (
     final_train_balanced_acc,
     fit,
 )
+from studies import TuneOptions, open_storage, tune_cell
+from studies.claims import published_run, try_claim
 from tracking import results
+from tracking.artifacts import write_cell_summary, write_repetition_artifacts
 from tracking.store import RunLog, Store, git_commit, tag_json
+from tracking.study_plots import write_study_figures
 
 # The cell run's headline metrics: name on the cell run -> the repetition metric it summarizes
 HEADLINE = {"test_acc": "final_test_acc", "train_acc": "final_train_acc",
@@ -132,22 +137,18 @@ def _record_repetition(run: RunLog, prep: Prepared) -> None:
 
 
 def _tune(cell: Cell, data: Dataset, run: RunLog, device: torch.device,
-          tuning: dict) -> list[Cell]:
+          tuning: TuneOptions | None) -> list[Cell]:
     """The cell with its searched fields tuned (lr, sigma) on repetition 0's validation
     split, and after it the cell as the runners-up tuned it, best first; just the cell when
     it asks for no trials. The study's summary and figures go on the cell run."""
-    if not cell.trials or not tuning.get("enabled", True):
+    if not cell.trials:
         return [cell]
-    from studies import tune_cell
-
-    result = tune_cell(cell, cut(cell, data, 0), device, run, seed=cell.repetition_seed(0),
-                       **{k: v for k, v in tuning.items() if k != "enabled"})
+    result = tune_cell(cell, cut(cell, data, 0), device, run, tuning,
+                       seed=cell.repetition_seed(0))
     run.end_lost(result.dead_runs, LOST_TRIAL)
     run.log_params({f"best_{k}": v for k, v in result.best.items()})
     run.log_metrics({"trials_complete": result.complete, "trials_pruned": result.pruned,
                      "trials_failed": result.failed, "trial_epochs": result.epochs_trained})
-    from tracking.study_plots import write_study_figures
-
     with tempfile.TemporaryDirectory() as tmp:  # the figures live only until they are logged
         if write_study_figures(result.summary, Path(tmp)):
             run.log_artifacts(Path(tmp), "optuna")
@@ -188,8 +189,6 @@ def run_repetition(cell: Cell, candidates: list[Cell], data: Dataset, run: RunLo
                    repetition: int, device: torch.device, progress: bool = False) -> bool:
     """Train, test and record one repetition on its run; True when it learned. A repetition
     whose every candidate failed is ended FAILED with outcome did-not-learn and the reason."""
-    from tracking.report import write_cell_artifacts
-
     seed = cell.repetition_seed(repetition)
     prep = prepare(candidates[0], data, device, repetition)
     _record_repetition(run, prep)
@@ -202,15 +201,15 @@ def run_repetition(cell: Cell, candidates: list[Cell], data: Dataset, run: RunLo
     # the curves in one call, once a fit went through (a rejected attempt leaves none)
     run.log_curves([{k if k != "seconds" else "epoch_seconds": v for k, v in m.items()}
                     for m in history])
+    classes, tail = list(data.classes), list(TAIL_CLASSES)
+    m = cell_metrics(prep.test.y.cpu().numpy(), final["preds"].numpy(), classes, tail)
     with tempfile.TemporaryDirectory() as tmp:
-        scalars = write_cell_artifacts(
-            Path(tmp), f"{cell.name} · repetition {repetition}", history,
-            prep.test.y.cpu().numpy(), final["preds"].numpy(), list(data.classes),
-            list(TAIL_CLASSES))
+        write_repetition_artifacts(Path(tmp), f"{cell.name} · repetition {repetition}",
+                                   history, m, classes, tail)
         run.log_artifacts(Path(tmp))
     run.log_metrics({"final_train_acc": history[-1]["train_acc"] if history else 0.0,
                      "final_test_acc": final["acc"], "final_test_loss": final["loss"],
-                     **scalars})
+                     **m.scalars})
     run.log_state_dict(model.state_dict())
     run.set_tags({"outcome": results.OK})
     return True
@@ -218,10 +217,10 @@ def run_repetition(cell: Cell, candidates: list[Cell], data: Dataset, run: RunLo
 
 def run_cell(cell: Cell, data: Dataset, run: RunLog, device: torch.device,
              repetitions: list[int] | None = None, progress: bool = False,
-             tuning: dict | None = None, say=lambda *_: None) -> int:
+             tuning: TuneOptions | None = None, say=lambda *_: None) -> int:
     """Tune the cell once, then train `repetitions` (default: all of its seeds) as runs nested
     under `run`; returns how many of them learned."""
-    candidates = _tune(cell, data, run, device, tuning or {})
+    candidates = _tune(cell, data, run, device, tuning)
     learned = 0
     for r in range(cell.seeds) if repetitions is None else repetitions:
         say(f"repetition {r + 1} of {cell.seeds} ...")
@@ -235,8 +234,6 @@ def summarize_cell(store: Store, run: RunLog, cell: Cell, cell_run) -> tuple[int
     """Statistics over the cell's repetitions (all of them, this invocation's and earlier
     ones) and their figures, on the cell run; ends it FAILED when none learned. Returns how
     many learned and the line that says how the cell ended."""
-    from tracking.summary import write_cell_summary
-
     df = results.cell_results(store, cell_run)
     ok = df[df["outcome"] == results.OK]
     metrics = {"repetitions": cell.seeds, "repetitions_ok": len(ok)}
@@ -261,17 +258,15 @@ def summarize_cell(store: Store, run: RunLog, cell: Cell, cell_run) -> tuple[int
 
 def run_grid(entries: list[GridEntry], data: Dataset, store: Store, *, device: torch.device,
              invocation: Invocation | None = None, progress: bool = False,
-             tuning: dict | None = None) -> list[Outcome]:
+             tuning: TuneOptions | None = None) -> list[Outcome]:
     """Every cell as a top-level run, tagged with this invocation. Cells whose repetitions all
     have an outcome are skipped (unless `force`, which starts a new cell run); a failing cell
     is recorded FAILED and the next one runs; Ctrl-C ends the current runs KILLED and stops.
     Several workers (processes, machines) can run the same grid at once on shared stores:
     each cell's final training is claimed by one of them, the others help with its Optuna
     trials and move on."""
-    from studies import open_storage
-
-    tuning = dict(tuning or {})
-    storage = open_storage(tuning.get("storage"))
+    tuning = tuning or TuneOptions()
+    storage = open_storage(tuning.storage)
     invocation = invocation or Invocation()
     store.start_invocation(invocation.id)
     # --force re-runs finished cells once per invocation: its claims get names of their own
@@ -303,10 +298,8 @@ def _missing(store: Store, cell: Cell, force: bool):
 
 
 def _run_entry(cell: Cell, data: Dataset, store: Store, storage, suffix: str, say, *,
-               device: torch.device, force: bool, progress: bool, tuning: dict,
+               device: torch.device, force: bool, progress: bool, tuning: TuneOptions,
                tags: dict) -> Outcome:
-    from studies.claims import try_claim
-
     cell_run, missing = _missing(store, cell, force)
     if not missing:
         store.run_log(cell_run.info.run_id).set_tags(tags)  # in this invocation's report
@@ -366,20 +359,16 @@ def _claim_name(cell: Cell) -> str:
 
 
 def _help(cell: Cell, data: Dataset, store: Store, storage, suffix: str, say,
-          device: torch.device, tuning: dict) -> Outcome:
+          device: torch.device, tuning: TuneOptions) -> Outcome:
     """Run trials of a cell whose final training another worker owns, nested under its run."""
-    from studies import tune_cell
-    from studies.claims import published_run
-
     run_id = published_run(storage, _claim_name(cell) + suffix)
-    if not (cell.trials and tuning.get("enabled", True) and run_id):
+    if not (cell.trials and run_id):
         say("another worker has it")
         return Outcome(cell, "elsewhere")
     say("another worker has it; helping with its trials")
     start = time.perf_counter()
-    kwargs = {k: v for k, v in tuning.items() if k != "enabled"}
     run = store.run_log(run_id)
-    result = tune_cell(cell, cut(cell, data, 0), device, run, seed=cell.repetition_seed(0),
-                       **kwargs)
+    result = tune_cell(cell, cut(cell, data, 0), device, run, tuning,
+                       seed=cell.repetition_seed(0))
     run.end_lost(result.dead_runs, LOST_TRIAL)
     return Outcome(cell, "helped", seconds=time.perf_counter() - start)

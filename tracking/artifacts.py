@@ -1,0 +1,79 @@
+"""The artifact folders of the runs: a repetition's figures and scikit-learn reports, and a
+cell's figures over its repetitions (mean curves with a ±std band, per-class accuracy with
+error bars). Plain data in (histories, metrics the core computed, the cell's results rows),
+files out; the runner logs each folder on its run."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmark.metrics import CellMetrics, class_metric_names
+from tracking import plots
+
+
+def _confusion_csv(cm: np.ndarray, classes: list[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["true \\ predicted", *classes])  # rows are true classes, as in sklearn
+    for name, row in zip(classes, cm.tolist(), strict=True):
+        w.writerow([name, *row])
+    return buf.getvalue()
+
+
+def write_repetition_artifacts(out_dir: Path, title: str, history: list[dict],
+                               m: CellMetrics, classes: list[str], tail_classes: list[int]
+                               ) -> None:
+    """Figures and scikit-learn reports of one repetition into out_dir, from its metrics
+    (computed by the core, benchmark.metrics.cell_metrics).
+
+    Writes figures/{loss,accuracy,confusion,confusion_normalized,per_class_accuracy}.png
+    and reports/classification_report.{json,txt}, reports/confusion_matrix.csv.
+    """
+    out_dir = Path(out_dir)
+    recall = [m.scalars.get(n, math.nan) for n in class_metric_names(list(classes))]
+    figures = {
+        "loss.png": plots.loss_curve(history, title),
+        "accuracy.png": plots.accuracy_curve(history, title),
+        "confusion.png": plots.confusion_figure(m.confusion, classes, title),
+        "confusion_normalized.png": plots.confusion_figure(m.confusion, classes, title,
+                                                           normalized=True),
+        "per_class_accuracy.png": plots.per_class_accuracy_figure(recall, classes,
+                                                                  tail_classes, title),
+    }
+    for name, fig in figures.items():
+        plots.save_png(fig, out_dir / "figures" / name)
+    reports = out_dir / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "classification_report.json").write_text(json.dumps(m.report_dict, indent=2))
+    (reports / "classification_report.txt").write_text(m.report_text)
+    (reports / "confusion_matrix.csv").write_text(_confusion_csv(m.confusion, list(classes)))
+
+
+def write_cell_summary(out_dir: Path, title: str, histories: list[list[dict[str, float]]],
+                       ok: pd.DataFrame) -> list[Path]:
+    """figures/mean_{loss,accuracy}.png and figures/per_class_accuracy_mean.png from the
+    repetitions that learned (`ok`: their rows of the results table, `histories`: their
+    curves); nothing when none learned. Returns the files written."""
+    if not len(ok):
+        return []
+    folder = Path(out_dir) / "figures"
+    written = [plots.save_png(plots.mean_loss_curve(histories, title),
+                              folder / "mean_loss.png"),
+               plots.save_png(plots.mean_accuracy_curve(histories, title),
+                              folder / "mean_accuracy.png")]
+    classes = json.loads(ok["classes"].iloc[0])
+    tail = json.loads(ok["tail_classes"].iloc[0])
+    names = class_metric_names(classes)
+    values = ok.reindex(columns=names).astype(float)
+    stds = values.std(ddof=1) if len(ok) > 1 else pd.Series(np.nan, index=names)
+    fig = plots.per_class_accuracy_errorbars(values.mean().tolist(), stds.tolist(), classes,
+                                             tail, title, n=len(ok))
+    written.append(plots.save_png(fig, folder / "per_class_accuracy_mean.png"))
+    return written
