@@ -20,7 +20,7 @@ $(VENV): pyproject.toml
 	@test -d .venv || python3 -m venv .venv
 	.venv/bin/pip install -q --upgrade pip
 	.venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1 || .venv/bin/pip install -q torch torchvision
-	.venv/bin/pip install -q -e '.[dev]'
+	.venv/bin/pip install -q -e '.[dev,dashboard,postgres]'
 	@if [ -d /usr/share/datasets/fashion-mnist ]; then \
 	  echo "Fashion-MNIST: /usr/share/datasets/fashion-mnist is installed"; \
 	elif command -v apt-get >/dev/null && { [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null; }; then \

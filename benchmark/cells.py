@@ -7,11 +7,11 @@ import hashlib
 import json
 import math
 import numbers
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tomllib
 
 from benchmark.data.augment import AUGMENTS
 from benchmark.data.variants import VARIANTS

@@ -14,21 +14,22 @@ import shutil
 import sys
 from pathlib import Path
 
+from benchmark.errors import UserError
 from studies.storage import is_journal, storage_url
 
 
 def dashboard_command(storage: str | Path | None = None, port: int = 8080,
                       host: str = "127.0.0.1") -> list[str]:
-    """The optuna-dashboard command line for `storage` (ValueError when there is nothing to
+    """The optuna-dashboard command line for `storage` (UserError when there is nothing to
     show or the dashboard is not installed)."""
     url = storage_url(storage)
     if is_journal(url) and not Path(url).is_file():
-        raise ValueError(f"no Optuna journal at {url}: run `make benchmark` (or tailbench run) "
+        raise UserError(f"no Optuna journal at {url}: run `make benchmark` (or tailbench run) "
                          "with tuning first, or pass the --storage it used")
     exe = Path(sys.executable).with_name("optuna-dashboard")
     found = str(exe) if exe.exists() else shutil.which("optuna-dashboard")
     if not found:
-        raise ValueError("optuna-dashboard is not installed in this environment; "
+        raise UserError("optuna-dashboard is not installed in this environment; "
                          "run `make install` (it is a dependency in pyproject.toml)")
     return [found, url, "--port", str(port), "--host", host]
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cmd = dashboard_command(args.storage, args.port, args.host)
-    except ValueError as e:
+    except UserError as e:
         print(f"dashboard: {e}", file=sys.stderr)
         return 2
     print(f"optuna-dashboard on http://{args.host}:{args.port} ({cmd[1]})", file=sys.stderr)

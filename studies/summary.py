@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import optuna
 from optuna.trial import TrialState
@@ -43,9 +43,6 @@ class StudySummary:
     @property
     def epochs_trained(self) -> int:
         return sum(t.epochs for t in self.trials)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _record(t: optuna.trial.FrozenTrial) -> TrialRecord:

@@ -3,9 +3,8 @@ also run by `make lint`), cover every core module, and fail on a forbidden impor
 
 import subprocess
 import sys
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LINT = Path(sys.executable).parent / "lint-imports"

@@ -15,6 +15,7 @@ from benchmark.app import runner
 from benchmark.cells import Cell, GridEntry
 from benchmark.data import Dataset
 from benchmark.data.variants import make_variant
+from benchmark.errors import UserError
 from studies import objective as objective_mod
 from studies.dashboard import dashboard_command
 from studies.objective import tuning_data
@@ -236,7 +237,7 @@ def test_storage_paths_journal_folder_sqlite_and_dashboard(tmp_path, monkeypatch
     with pytest.raises(ValueError, match="is a folder"):
         storage_url(tmp_path)
     journal = tmp_path / "deep" / "er" / "o.journal"
-    with pytest.raises(ValueError, match="no Optuna journal"):
+    with pytest.raises(UserError, match="no Optuna journal"):
         dashboard_command(journal)
     optuna.create_study(storage=open_storage(journal), study_name="s")  # creates the folders
     cmd = dashboard_command(journal, port=8123)

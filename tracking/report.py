@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -162,7 +162,7 @@ def not_counted_table(cells: list[CellResult]) -> Table | None:
 def _intro(cells: list[CellResult], store_uri: str, others: int) -> str:
     statuses = dict.fromkeys(c.status for c in cells)
     counts = ", ".join(f"{sum(c.status == s for c in cells)} {s}" for s in statuses)
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (f"{len(cells)} cells expected; {counts}"
             + (f"; {others} other cells have results here but are not in this grid (other "
                "settings or profile)" if others else "")

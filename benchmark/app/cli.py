@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
-import subprocess
 import sys
 import time
 import uuid
@@ -117,8 +115,6 @@ def _run_parser(sub) -> None:
     p.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
     p.add_argument("--workers", type=_number(int, 1), default=None,
                    help="worker processes sharing the grid (default: one per GPU, else 1)")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a spawned one
-    p.add_argument("--invocation-id", default=None, help=argparse.SUPPRESS)  # the spawner's
     t = _trial_args(p)
     t.add_argument("--timeout", type=_positive(float), default=None,
                    help="stop each cell's study after this many seconds")
@@ -131,9 +127,11 @@ def _run_parser(sub) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Check everything (grid, device, both stores) before any data is read, then run the
-    cells here or in worker processes."""
+    cells here or in worker processes, and end with the results table and the report."""
     import torch
 
+    from benchmark.app.runner import Invocation
+    from benchmark.app.workers import WorkerPlan, spawn, work
     from benchmark.cells import expand
     from benchmark.train import resolve_device
     from studies import open_storage
@@ -146,38 +144,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     open_storage(args.storage)  # a malformed or unreachable Optuna storage fails here
     source, why = resolve_name(args.dataset, Path(args.data_dir or default_data_dir()))
-    experiment = f"tailbench/{source}/{args.profile}"
-    store = Store(args.tracking_uri, experiment)  # and an unusable tracking store here
-    entries = [dataclasses.replace(e, cell=dataclasses.replace(e.cell, dataset=source))
-               for e in entries]
+    store = Store(args.tracking_uri, f"tailbench/{source}/{args.profile}")  # and the tracking
+    invocation = Invocation(uuid.uuid4().hex[:12], args.force,
+                            {"grid": args.grid, "profile": args.profile, "dataset": source,
+                             "device": str(device)})
+    plan = WorkerPlan(tuple(dataclasses.replace(e, cell=dataclasses.replace(
+        e.cell, dataset=source)) for e in entries), source, args.data_dir, args.device,
+        store.uri, store.experiment_name, _tuning(args), invocation,
+        progress=sys.stderr.isatty())
+    console = Console()
+    if args.dataset == "auto":
+        console.note(f"dataset auto -> {source} ({why})")
+    console.note(f"{len(entries)} cells of grid {args.grid!r} ({args.profile}) on {source}, "
+                 f"{device}; MLflow {store.uri}, experiment {store.experiment_name}, "
+                 f"run {invocation.id}")
     workers = args.workers or (torch.cuda.device_count() if device.type == "cuda" else 1)
-    if workers > 1 and not args.worker:
-        return _spawn_workers(args, workers, store, entries, device)
-    if args.dataset == "auto" and not args.worker:
-        Console().note(f"dataset auto -> {source} ({why})")
-    return _run_here(args, store, entries, device, source)
-
-
-def _run_here(args: argparse.Namespace, store, entries, device, source: str) -> int:
-    from benchmark.app.runner import Invocation, run_grid
-    from benchmark.data import load_dataset
-
-    data = load_dataset(source, args.data_dir)
-    invocation = Invocation(args.invocation_id or uuid.uuid4().hex[:12], args.force,
-                            {"grid": args.grid, "profile": args.profile,
-                             "dataset": data.source, "device": str(device)})
-    Console().note(f"{len(entries)} cells of grid {args.grid!r} ({args.profile}) on "
-                   f"{data.source}, {device}; MLflow {store.uri}, experiment "
-                   f"{store.experiment_name}, run {invocation.id}")
-    outcomes = run_grid(entries, data, store, device=device, invocation=invocation,
-                        progress=sys.stderr.isatty() and not args.worker, tuning=_tuning(args))
-    failed = [o for o in outcomes if o.status == "failed"]
-    if args.worker:  # the process that spawned it prints the table and writes the report
-        return 1 if failed else 0
-    _finish(store, invocation.id, report=not args.no_report)
-    for o in failed:
-        print(f"FAILED {o.cell.name}: {o.error}", file=sys.stderr)
-    return 1 if failed else 0
+    if workers > 1:
+        codes = spawn(plan, workers)
+        failed = [f"worker {i + 1} exited with {c}" for i, c in enumerate(codes) if c]
+    else:
+        failed = [f"{o.cell.name}: {o.error}" for o in work(plan) if o.status == "failed"]
+    df = _finish(store, invocation.id, report=not args.no_report)
+    for line in failed:
+        console.note(f"failed: {line}")
+    ok = set(df.loc[df["outcome"] == "ok", "cell_key"]) if len(df) else set()
+    return int(bool(failed) or any(e.cell.key not in ok for e in plan.entries))
 
 
 def _report_parser(sub) -> None:
@@ -213,33 +204,6 @@ def _tuning(args: argparse.Namespace):
     from studies import TuneOptions
 
     return TuneOptions(args.storage, args.timeout, args.jobs or 1)
-
-
-def _spawn_workers(args: argparse.Namespace, n: int, store, entries, device) -> int:
-    """Run the same command as `n` worker processes (one per GPU where there are several)
-    sharing the stores; then print the cells' table and write the report."""
-    import torch
-
-    argv = [a for i, a in enumerate(args.argv) if not a.startswith("--workers") and
-            not (i and args.argv[i - 1] == "--workers")]
-    invocation = uuid.uuid4().hex[:12]  # one run, all its workers
-    cmd = [sys.executable, "-m", "benchmark.app.cli", *argv, "--worker",
-           "--invocation-id", invocation]
-    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
-    Console().note(f"{n} workers" + (f" on {gpus} GPUs" if gpus else ""))
-    # on the CPU the workers share its cores: n processes of all-core torch would thrash
-    threads = {} if gpus else {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // n))}
-    procs = [subprocess.Popen(cmd, env=os.environ | threads | (
-        {"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus else {})) for i in range(n)]
-    try:
-        codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:  # the workers got the same Ctrl-C; let them end their runs
-        for p in procs:
-            p.wait()
-        raise
-    df = _finish(store, invocation, report=not args.no_report)
-    ok = set(df.loc[df["outcome"] == "ok", "cell_key"]) if len(df) else set()
-    return max(codes) if any(codes) else int(any(e.cell.key not in ok for e in entries))
 
 
 def _finish(store, invocation: str, report: bool, out: str | None = None):
@@ -281,7 +245,6 @@ COMMANDS = {"train": cmd_train, "run": cmd_run, "report": cmd_report, "results":
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
     quiet_libraries()
     return _dispatch(args)
 

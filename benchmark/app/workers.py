@@ -1,0 +1,82 @@
+"""Workers: the processes that run a grid's cells. One worker runs in the command's own
+process; several are started with multiprocessing (spawn) and handed their options as data,
+a WorkerPlan, never as a command line to parse again. They share the stores: each cell's
+final training is claimed by one of them, the others help with its trials."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from dataclasses import dataclass, replace
+
+import torch
+
+from benchmark.app.console import Console, quiet_libraries
+from benchmark.app.runner import Invocation, Outcome, run_grid
+from benchmark.cells import GridEntry
+from benchmark.data import load_dataset
+from benchmark.train import resolve_device
+from studies import TuneOptions
+from tracking.store import Store
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """Everything a worker needs to run the grid, checked by the command before any start."""
+
+    entries: tuple[GridEntry, ...]
+    source: str  # the dataset, resolved ("cifar10" or "fashion-mnist")
+    data_dir: str | None
+    device: str
+    tracking_uri: str
+    experiment: str
+    tuning: TuneOptions
+    invocation: Invocation
+    progress: bool = False  # tqdm bars (one worker on a terminal)
+    threads: int | None = None  # torch threads: on a CPU the workers split its cores
+    gpu: int | None = None  # the GPU this worker uses, where there are several
+
+
+def work(plan: WorkerPlan) -> list[Outcome]:
+    """Run the plan's cells in this process."""
+    if plan.threads:
+        torch.set_num_threads(plan.threads)
+    device = torch.device("cuda", plan.gpu) if plan.gpu is not None else \
+        resolve_device(plan.device)
+    data = load_dataset(plan.source, plan.data_dir)
+    store = Store(plan.tracking_uri, plan.experiment)
+    return run_grid(list(plan.entries), data, store, device=device, invocation=plan.invocation,
+                    progress=plan.progress, tuning=plan.tuning)
+
+
+def _main(plan: WorkerPlan) -> None:
+    """A spawned worker: quiet libraries, run, exit 1 when a cell failed."""
+    quiet_libraries()
+    try:
+        outcomes = work(plan)
+    except KeyboardInterrupt:  # the runs are ended KILLED; the parent reports
+        sys.exit(130)
+    sys.exit(1 if any(o.status == "failed" for o in outcomes) else 0)
+
+
+def spawn(plan: WorkerPlan, n: int) -> list[int]:
+    """Run the plan in `n` worker processes (one per GPU where there are several, else
+    splitting the CPU's cores) and wait for them; returns their exit codes."""
+    gpus = torch.cuda.device_count() if plan.device != "cpu" else 0
+    Console().note(f"{n} workers" + (f" on {gpus} GPUs" if gpus else ""))
+    threads = None if gpus else max(1, (os.cpu_count() or 1) // n)
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch state
+    procs = [ctx.Process(target=_main, args=(replace(
+        plan, progress=False, threads=threads, gpu=(i % gpus) if gpus else None),))
+        for i in range(n)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:  # the workers got the same Ctrl-C; let them end their runs
+        for p in procs:
+            p.join()
+        raise
+    return [p.exitcode for p in procs]
