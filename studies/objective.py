@@ -28,6 +28,7 @@ from benchmark.data import Dataset
 from benchmark.data.augment import make_augment
 from benchmark.data.sampling import stratified_split
 from benchmark.data.variants import TAIL_CLASSES
+from benchmark.recording import Recorder
 from benchmark.train import Diverged, Split, build_model, fit
 from studies.claims import check_not_surplus
 from studies.space import SPACE, Param, suggest
@@ -61,7 +62,7 @@ def tuning_data(data: Dataset, seed: int, device: torch.device) -> TuningData:
 class Objective:
     """Callable for `study.optimize`: one trial = one fit of `cell.epochs` epochs."""
 
-    def __init__(self, cell: Cell, data: TuningData, device: torch.device, run,
+    def __init__(self, cell: Cell, data: TuningData, device: torch.device, run: Recorder,
                  space: tuple[Param, ...] = SPACE, seed: int | None = None):
         self.cell, self.data, self.device, self.run, self.space = cell, data, device, run, space
         self.seed = cell.repetition_seed(0) if seed is None else seed

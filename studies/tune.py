@@ -28,6 +28,7 @@ import torch
 
 from benchmark.cells import Cell
 from benchmark.data import Dataset
+from benchmark.recording import Recorder
 from studies.claims import Surplus, fail_dead_trials, is_live, wait_for_running
 from studies.objective import Objective, tuning_data
 from studies.space import SPACE, Param, check_space, searched, starting_point
@@ -119,7 +120,7 @@ class TuneOptions:
     space: tuple[Param, ...] = SPACE  # what is searched
 
 
-def tune_cell(cell: Cell, data: Dataset, device: torch.device, run,
+def tune_cell(cell: Cell, data: Dataset, device: torch.device, run: Recorder,
               options: TuneOptions | None = None, *, seed: int | None = None) -> TuneResult:
     """Tune the cell's searched fields on a validation split of `data`'s training set (after
     the long-tail cut, before oversampling) until its study holds `cell.trials` finished
@@ -144,8 +145,9 @@ def tune_cell(cell: Cell, data: Dataset, device: torch.device, run,
     return result
 
 
-def _optimize(study: optuna.Study, cell: Cell, data: Dataset, device: torch.device, run,
-              space: tuple[Param, ...], timeout: float | None, jobs: int, seed: int) -> list:
+def _optimize(study: optuna.Study, cell: Cell, data: Dataset, device: torch.device,
+              run: Recorder, space: tuple[Param, ...], timeout: float | None, jobs: int,
+              seed: int) -> list:
     """Run trials until the study holds `cell.trials` finished ones, whichever worker runs
     them: other workers' trials under way count, and when one of them dies (its trial is
     failed and queued again) this loop takes up the slack. Returns the dead workers' trials."""

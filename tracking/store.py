@@ -54,7 +54,8 @@ def _now() -> int:
 
 
 class RunLog:
-    """One open MLflow run, addressed by id (safe to use from several threads)."""
+    """One open MLflow run, addressed by id (safe to use from several threads); a
+    benchmark.recording.Recorder."""
 
     def __init__(self, client: MlflowClient, run_id: str, experiment_id: str):
         self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
@@ -123,15 +124,37 @@ class RunLog:
 
 
 class NullRunLog:
-    """A RunLog that records nothing: the same cell without tracking, for `make perf`."""
+    """A Recorder that records nothing: the same cell without tracking, for `make perf`."""
 
     run_id = "untracked"
 
-    def __getattr__(self, name: str):
-        if name in {"log_params", "log_metrics", "log_curves", "set_tags", "log_dataset",
-                    "log_artifacts", "log_state_dict", "end", "end_lost"}:
-            return lambda *args, **kwargs: None
-        raise AttributeError(name)
+    def log_params(self, params: dict[str, object]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        pass
+
+    def log_curves(self, history: list[dict[str, float]]) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, object]) -> None:
+        pass
+
+    def log_dataset(self, name: str, digest: str, path: str, context: str,
+                    tags: dict[str, str] | None = None) -> None:
+        pass
+
+    def log_artifacts(self, folder: Path, path: str | None = None) -> None:
+        pass
+
+    def log_state_dict(self, state_dict: dict, name: str = "model") -> None:
+        pass
+
+    def end(self, status: str) -> None:
+        pass
+
+    def end_lost(self, run_ids: list[str], reason: str) -> None:
+        pass
 
     @contextmanager
     def child(self, name: str, kind: str, tags: dict | None = None) -> Iterator[NullRunLog]:

@@ -25,6 +25,7 @@ from benchmark.data import Dataset
 from benchmark.data.augment import NoAugment, make_augment
 from benchmark.data.variants import TAIL_CLASSES, class_counts, make_variant
 from benchmark.metrics import cell_metrics
+from benchmark.recording import Recorder
 from benchmark.stats import summarize
 from benchmark.train import (
     Diverged,
@@ -39,7 +40,7 @@ from studies import TuneOptions, open_storage, tune_cell
 from studies.claims import published_run, try_claim
 from tracking import results
 from tracking.artifacts import write_cell_summary, write_repetition_artifacts
-from tracking.store import RunLog, Store, git_commit, tag_json
+from tracking.store import Store, git_commit, tag_json
 from tracking.study_plots import write_study_figures
 
 # The cell run's headline metrics: name on the cell run -> the repetition metric it summarizes
@@ -114,7 +115,7 @@ class Invocation:
                 **{k if k == "table" else f"reference_{k}": v for k, v in reference.items()}}
 
 
-def _record_cell(run: RunLog, cell: Cell, data: Dataset, device: torch.device,
+def _record_cell(run: Recorder, cell: Cell, data: Dataset, device: torch.device,
                  tags: dict) -> None:
     """The cell run's params (every Cell field but the repetition count, which may grow: it
     is a tag) and tags."""
@@ -127,7 +128,7 @@ def _record_cell(run: RunLog, cell: Cell, data: Dataset, device: torch.device,
                   "tail_classes": tag_json(list(TAIL_CLASSES)), **tags})
 
 
-def _record_repetition(run: RunLog, prep: Prepared) -> None:
+def _record_repetition(run: Recorder, prep: Prepared) -> None:
     d = prep.data
     run.set_tags({"class_counts": tag_json(dict(zip(d.classes, prep.counts, strict=True))),
                   "augment_note": prep.augment.note})
@@ -136,7 +137,7 @@ def _record_repetition(run: RunLog, prep: Prepared) -> None:
     run.log_dataset(d.source, d.digest, d.path, "test", {"test_images": str(len(prep.test.y))})
 
 
-def _tune(cell: Cell, data: Dataset, run: RunLog, device: torch.device,
+def _tune(cell: Cell, data: Dataset, run: Recorder, device: torch.device,
           tuning: TuneOptions | None) -> list[Cell]:
     """The cell with its searched fields tuned (lr, sigma) on repetition 0's validation
     split, and after it the cell as the runners-up tuned it, best first; just the cell when
@@ -155,7 +156,7 @@ def _tune(cell: Cell, data: Dataset, run: RunLog, device: torch.device,
     return [dataclasses.replace(cell, **params) for params in result.ranked] or [cell]
 
 
-def _final_fit(candidates: list[Cell], prep: Prepared, run: RunLog, seed: int,
+def _final_fit(candidates: list[Cell], prep: Prepared, run: Recorder, seed: int,
                device: torch.device, progress: bool):
     """Train the repetition with the best parameters; a fit that diverges (NaN loss) or does
     not learn (`did_not_learn`) is tagged and the next best trial's parameters are tried:
@@ -185,7 +186,7 @@ def _final_fit(candidates: list[Cell], prep: Prepared, run: RunLog, seed: int,
     return why
 
 
-def run_repetition(cell: Cell, candidates: list[Cell], data: Dataset, run: RunLog,
+def run_repetition(cell: Cell, candidates: list[Cell], data: Dataset, run: Recorder,
                    repetition: int, device: torch.device, progress: bool = False) -> bool:
     """Train, test and record one repetition on its run; True when it learned. A repetition
     whose every candidate failed is ended FAILED with outcome did-not-learn and the reason."""
@@ -215,7 +216,7 @@ def run_repetition(cell: Cell, candidates: list[Cell], data: Dataset, run: RunLo
     return True
 
 
-def run_cell(cell: Cell, data: Dataset, run: RunLog, device: torch.device,
+def run_cell(cell: Cell, data: Dataset, run: Recorder, device: torch.device,
              repetitions: list[int] | None = None, progress: bool = False,
              tuning: TuneOptions | None = None, say=lambda *_: None) -> int:
     """Tune the cell once, then train `repetitions` (default: all of its seeds) as runs nested
@@ -230,7 +231,7 @@ def run_cell(cell: Cell, data: Dataset, run: RunLog, device: torch.device,
     return learned
 
 
-def summarize_cell(store: Store, run: RunLog, cell: Cell, cell_run) -> tuple[int, str]:
+def summarize_cell(store: Store, run: Recorder, cell: Cell, cell_run) -> tuple[int, str]:
     """Statistics over the cell's repetitions (all of them, this invocation's and earlier
     ones) and their figures, on the cell run; ends it FAILED when none learned. Returns how
     many learned and the line that says how the cell ended."""

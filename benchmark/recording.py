@@ -1,0 +1,41 @@
+"""What the core, the studies and the runner need of a run that records: the Recorder
+protocol. tracking.store.RunLog implements it on MLflow; tracking.store.NullRunLog records
+nothing (`make perf` times a cell without tracking). The core and `studies` type against
+this protocol and never import a tracking library."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Protocol
+
+
+class Recorder(Protocol):
+    run_id: str
+
+    def log_params(self, params: dict[str, object]) -> None: ...
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None: ...
+
+    def log_curves(self, history: list[dict[str, float]]) -> None: ...
+
+    def set_tags(self, tags: dict[str, object]) -> None: ...
+
+    def log_dataset(self, name: str, digest: str, path: str, context: str,
+                    tags: dict[str, str] | None = None) -> None: ...
+
+    def log_artifacts(self, folder: Path, path: str | None = None) -> None: ...
+
+    def log_state_dict(self, state_dict: dict, name: str = "model") -> None: ...
+
+    def end(self, status: str) -> None: ...
+
+    def end_lost(self, run_ids: list[str], reason: str) -> None: ...
+
+    def child(self, name: str, kind: str, tags: dict[str, object] | None = None
+              ) -> AbstractContextManager[Recorder]:
+        """A nested run, ended FINISHED, FAILED (with the error) or KILLED (Ctrl-C)."""
+        ...
+
+
+
