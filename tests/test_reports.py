@@ -407,3 +407,17 @@ def test_report_with_no_results_yet(tmp_path):
 def test_results_without_the_columns_are_explained():
     with pytest.raises(ValueError, match="no column.*outcome.*load_results"):
         results_table(pd.DataFrame({"cell_key": ["a"]}), EXPECTED)
+
+
+def test_repetitions_at_a_runner_up_are_flagged(tmp_path):
+    """A repetition that learned only with a runner-up's parameters counts, and the printed
+    table and the report say so, with the parameters it trained with."""
+    rows = [rep(CNN_B, r) | {"final_attempt": 1} for r in range(3)]
+    rows[2] |= {"final_attempt": 2, "final_lr": 0.2, "final_test_acc": 0.5}
+    df = pd.DataFrame(rows)
+    [line] = results_table(df, [CNN_B]).splitlines()[1:]
+    assert line.endswith("measured (1 at a runner-up's parameters)")
+    md = build_report(df, [CNN_B], "cifar10/quick", "sqlite:///x.db",
+                      out_root=tmp_path).read_text()
+    section = md.split("Repetitions trained with a runner-up's parameters")[1]
+    assert "| cnn · balanced · none | 2 | 2 | 0.2 | 0.05 | 50.0 |" in section

@@ -281,3 +281,5 @@ def test_a_diverging_final_fit_falls_back_to_the_runner_up(store, data, monkeypa
     assert "lr 99" in row["tags.final_rejected_1"] and "diverged" in row["tags.final_rejected_1"]
     history = mlflow.MlflowClient(store.uri).get_metric_history(row["run_id"], "train_loss")
     assert [m.step for m in history] == [1, 2]  # only the fit that went through
+    assert cell_runs(store).iloc[0]["metrics.repetitions_runner_up"] == 1
+    assert list(load_results(store)["final_attempt"]) == [2]

@@ -49,6 +49,14 @@ class CellResult:
         return len(self.ok)
 
     @property
+    def runner_up(self) -> int:
+        """How many of the repetitions that count trained with a runner-up's parameters
+        (the tuned ones diverged or did not learn on their seed)."""
+        if "final_attempt" not in self.ok.columns:
+            return 0
+        return int((pd.to_numeric(self.ok["final_attempt"], errors="coerce") > 1).sum())
+
+    @property
     def measured(self) -> bool:
         return self.n > 0
 

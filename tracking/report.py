@@ -157,6 +157,19 @@ def not_counted_table(cells: list[CellResult]) -> Table | None:
     return Table(["cell", "repetition", "outcome", "reason"], rows) if rows else None
 
 
+def runner_up_table(cells: list[CellResult]) -> Table | None:
+    rows = []
+    for c in cells:
+        if not c.runner_up:
+            continue
+        for _, r in c.ok[pd.to_numeric(c.ok["final_attempt"], errors="coerce") > 1].iterrows():
+            rows.append([c.spec["name"], int(r["repetition"]), int(r["final_attempt"]),
+                         f"{r['final_lr']:.4g}", f"{r['final_sigma']:.3g}",
+                         fmt(100 * float(r["final_test_acc"]))])
+    return Table(["cell", "repetition", "attempt", "lr", "sigma", "test acc (%)"],
+                 rows) if rows else None
+
+
 # ---------------------------------------------------------------- the report
 
 def _intro(cells: list[CellResult], store_uri: str, others: int) -> str:
@@ -194,6 +207,13 @@ def build_blocks(cells: list[CellResult], experiment: str, store_uri: str,
     skipped = not_counted_table(cells)
     blocks += [("h2", "Repetitions that did not count"),
                skipped if skipped else ("p", "Every recorded repetition learned.")]
+    fallback = runner_up_table(cells)
+    if fallback:
+        blocks += [("h2", "Repetitions trained with a runner-up's parameters"),
+                   ("p", "On these seeds the tuned parameters diverged or did not learn, and "
+                         "the next best trial's learned: they count, but at other parameters "
+                         "than the rest of their cell, which widens its spread. A cell "
+                         "listed here is tuned near the edge of stability."), fallback]
     return blocks
 
 
@@ -226,7 +246,9 @@ def results_table(results: pd.DataFrame, expected: list[dict]) -> str:
     rows = [[c.spec["name"], f"{c.n}/{c.asked}",
              *(c.summary(m).text(count=False)
                for m in ("final_train_acc", "final_test_acc", "tail_acc")),
-             status_cell(c)[0]] for c in expected_cells(results, expected)]
+             status_cell(c)[0] + (f" ({c.runner_up} at a runner-up's parameters)"
+                                  if c.runner_up else "")]
+            for c in expected_cells(results, expected)]
     widths = [max(len(str(r[i])) for r in [heads, *rows]) for i in range(len(heads))]
     right = {1, 2, 3, 4}  # numbers line up on the right
 

@@ -23,7 +23,8 @@ from tracking.store import KIND, Store
 OK, DID_NOT_LEARN, ERROR, RUNNING = "ok", "did-not-learn", "error", "running"
 OUTCOMES = (OK, DID_NOT_LEARN, ERROR, RUNNING)  # ok is the only outcome that is a result
 ID_COLUMNS = ["cell_key", "cell_name", "repetition", "rep_seed", "status", "outcome", "reason",
-              "run_id", "cell_run_id", "final_lr", "final_sigma", "classes", "tail_classes"]
+              "run_id", "cell_run_id", "final_lr", "final_sigma", "final_attempt", "classes",
+              "tail_classes"]
 
 
 def outcome_of(run) -> str:
@@ -84,6 +85,8 @@ def _row(cell_run, fields: dict, run) -> dict:
             "run_id": run.info.run_id, "cell_run_id": cell_run.info.run_id,
             "final_lr": float(params.get("final_lr", "nan")),
             "final_sigma": float(params.get("final_sigma", "nan")),
+            # 1: the tuned parameters; 2, 3: a runner-up's, after they failed; 0: no fit
+            "final_attempt": int(params.get("final_attempt", 0)),
             "classes": cell_run.data.tags.get("classes", "[]"),
             "tail_classes": cell_run.data.tags.get("tail_classes", "[]"),
             **run.data.metrics}

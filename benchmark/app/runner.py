@@ -237,7 +237,9 @@ def summarize_cell(store: Store, run: Recorder, cell: Cell, cell_run) -> tuple[i
     many learned and the line that says how the cell ended."""
     df = results.cell_results(store, cell_run)
     ok = df[df["outcome"] == results.OK]
-    metrics = {"repetitions": cell.seeds, "repetitions_ok": len(ok)}
+    runner_up = int((ok["final_attempt"] > 1).sum()) if len(ok) else 0
+    metrics = {"repetitions": cell.seeds, "repetitions_ok": len(ok),
+               "repetitions_runner_up": runner_up}
     for name, column in HEADLINE.items():
         s = summarize(ok[column] if column in ok else [])
         metrics |= {f"{name}_mean": s.mean, f"{name}_std": s.std, f"{name}_ci95": s.ci95}
@@ -253,7 +255,8 @@ def summarize_cell(store: Store, run: Recorder, cell: Cell, cell_run) -> tuple[i
         run.end("FAILED")
         return 0, f"none of {len(df)} repetitions learned ({why})"[:300]
     test, tail = summarize(ok["final_test_acc"]), summarize(ok["tail_acc"])
-    return len(ok), (f"{len(ok)} of {cell.seeds} repetitions learned; test "
+    fallback = f" ({runner_up} at a runner-up's parameters)" if runner_up else ""
+    return len(ok), (f"{len(ok)} of {cell.seeds} repetitions learned{fallback}; test "
                      f"{test.text(count=False)}%, tail {tail.text(count=False)}%")
 
 
