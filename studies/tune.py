@@ -55,10 +55,11 @@ class TuneResult:
     storage: str
     dead_runs: list[str] = dataclasses.field(default_factory=list)  # trial runs of dead workers
 
-    @property
-    def ranked(self) -> list[dict[str, float]]:
-        """The parameters of every complete trial, best first (`best` is the first)."""
-        done = [t for t in self.summary.trials if t.state == "COMPLETE" and t.value is not None]
+    def ranked(self, above: float = float("-inf")) -> list[dict[str, float]]:
+        """The parameters of every complete trial whose value is above `above`, best first
+        (`best` is the first)."""
+        done = [t for t in self.summary.trials if t.state == "COMPLETE" and t.value is not None
+                and t.value > above]
         return [dict(t.params) for t in sorted(done, key=lambda t: -t.value)]
 
 

@@ -281,3 +281,17 @@ def test_study_figures_are_drawn_from_plain_data(tmp_path):
     assert sorted(p.name for p in only_lr) == ["history.png", "intermediate.png"]
     empty = dataclasses.replace(_summary(both), trials=[])
     assert write_study_figures(empty, tmp_path / "c") == []
+
+
+def test_runner_ups_are_only_trials_that_learned_on_validation():
+    """The final fit falls back to the next best trials, but never to one that scored near
+    chance on validation: it would trade a diverged fit for one that learns nothing."""
+    from studies.tune import TuneResult
+
+    trials = [TrialRecord(0, "COMPLETE", {"lr": 0.01}, 0.10, {}, 6),
+              TrialRecord(1, "COMPLETE", {"lr": 0.1}, 0.52, {}, 6),
+              TrialRecord(2, "PRUNED", {"lr": 2.0}, None, {}, 1),
+              TrialRecord(3, "COMPLETE", {"lr": 0.2}, 0.41, {}, 6)]
+    result = TuneResult({"lr": 0.1}, 3, 1, 0, 19, StudySummary("s", "v", {}, trials), "s", "j")
+    assert result.ranked() == [{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.01}]
+    assert result.ranked(above=0.15) == [{"lr": 0.1}, {"lr": 0.2}]

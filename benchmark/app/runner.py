@@ -28,6 +28,7 @@ from benchmark.metrics import cell_metrics
 from benchmark.recording import Recorder
 from benchmark.stats import summarize
 from benchmark.train import (
+    COLLAPSE_CHANCE_MULTIPLE,
     Diverged,
     Split,
     build_model,
@@ -153,7 +154,10 @@ def _tune(cell: Cell, data: Dataset, run: Recorder, device: torch.device,
     with tempfile.TemporaryDirectory() as tmp:  # the figures live only until they are logged
         if write_study_figures(result.summary, Path(tmp)):
             run.log_artifacts(Path(tmp), "optuna")
-    return [dataclasses.replace(cell, **params) for params in result.ranked] or [cell]
+    # a trial that did not learn on validation either is no runner-up: falling back to it
+    # would trade a diverged fit for one near chance (seen: lr 0.01 scored chance in 6 epochs)
+    floor = COLLAPSE_CHANCE_MULTIPLE / data.num_classes
+    return [dataclasses.replace(cell, **params) for params in result.ranked(floor)] or [cell]
 
 
 def _final_fit(candidates: list[Cell], prep: Prepared, run: Recorder, seed: int,
