@@ -155,7 +155,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = Console()
     if args.dataset == "auto":
         console.note(f"dataset auto -> {source} ({why})")
-    console.note(f"{len(entries)} cells of grid {args.grid!r} ({args.profile}) on {source}, "
+    n = len(entries)
+    console.note(f"{n} cell{'s' * (n != 1)} of grid {args.grid!r} ({args.profile}) on {source}, "
                  f"{device}; MLflow {store.uri}, experiment {store.experiment_name}, "
                  f"run {invocation.id}")
     workers = args.workers or (torch.cuda.device_count() if device.type == "cuda" else 1)
