@@ -247,7 +247,7 @@ def test_report_files(report):
 
 def test_report_tables(report):
     text = report.read_text()
-    assert ("6 cells expected; 4 measured, 1 failed, 1 missing; 1 other cells have results"
+    assert ("6 cells in this run; 4 measured, 1 failed, 1 missing; 1 other cells have results"
             in text)
     t1 = cells_of(section(text, "### Table 1"))
     # cnn balanced: train 90.0 ± 1.0 vs 86.4 (+3.6), test 70.0 ± 1.0 vs 71.9 (−1.9)
@@ -312,7 +312,7 @@ def test_report_findings(report):
     assert finding(report, "cnn: flip+noise narrows the long-tail gap")[1] == "holds"
     assert finding(report, "cnn: flip+noise raises tail accuracy")[1] == "holds"
     assert finding(report, "resnet50: flip+noise raises tail accuracy")[3] == \
-        "resnet50 · long-tail · none is not in the grid"
+        "resnet50 · long-tail · none is not among this run's cells"
     text = report.read_text()
     assert "Welch's two-sample t-test" in section(text, "## Findings")
     assert "With one repetition per cell there is no spread" in text
@@ -398,7 +398,7 @@ def test_results_table():
 def test_report_with_no_results_yet(tmp_path):
     md = build_report(pd.DataFrame(), EXPECTED, "x", "sqlite:///m.db", out_root=tmp_path)
     text = md.read_text()
-    assert "6 cells expected; 6 missing" in text and "No per-class accuracies" in text
+    assert "6 cells in this run; 6 missing" in text and "No per-class accuracies" in text
     assert "Every recorded repetition learned." in text
     assert all(line.endswith("missing") for line in
                results_table(pd.DataFrame(), EXPECTED).splitlines()[1:])

@@ -148,13 +148,13 @@ def _slots(cells: list[CellResult]) -> dict[tuple[str, str, str], CellResult]:
 
 
 def _absent(slots: dict, *wanted: tuple[str, str, str]) -> str:
-    """Why a comparison cannot be made: which of its cells is not in the grid or has no
+    """Why a comparison cannot be made: which of its cells is not in the run or has no
     repetition that counts."""
     why = []
     for slot in wanted:
         name = " · ".join(slot)
         if slot not in slots:
-            why.append(f"{name} is not in the grid")
+            why.append(f"{name} is not among this run's cells")
         elif not slots[slot].measured:
             why.append(f"{name} is {slots[slot].status}")
     return "; ".join(why)

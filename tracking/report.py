@@ -176,8 +176,9 @@ def _intro(cells: list[CellResult], store_uri: str, others: int) -> str:
     statuses = dict.fromkeys(c.status for c in cells)
     counts = ", ".join(f"{sum(c.status == s for c in cells)} {s}" for s in statuses)
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"{len(cells)} cells expected; {counts}"
-            + (f"; {others} other cells have results here but are not in this grid (other "
+    n = len(cells)
+    return (f"{n} cell{'s' * (n != 1)} in this run; {counts}"
+            + (f"; {others} other cells have results here but are not in this run (other "
                "settings or profile)" if others else "")
             + f". Tracking store: {store_uri}. Generated {now}. Accuracies in percent, as "
             "mean ± sample std over the repetitions that learned (n of them); "
@@ -187,9 +188,11 @@ def _intro(cells: list[CellResult], store_uri: str, others: int) -> str:
 def build_blocks(cells: list[CellResult], experiment: str, store_uri: str,
                  others: int = 0) -> list:
     blocks: list = [("h1", f"tailbench report — {experiment}"),
-                    ("p", _intro(cells, store_uri, others)),
-                    ("h2", "The reference's tables")]
-    for t in sorted({c.spec["table"] for c in cells if c.spec.get("table") is not None}):
+                    ("p", _intro(cells, store_uri, others))]
+    tables = sorted({c.spec["table"] for c in cells if c.spec.get("table") is not None})
+    if tables:
+        blocks.append(("h2", "The reference's tables"))
+    for t in tables:
         blocks += [("h3", f"Table {t}"),
                    accuracy_table([c for c in cells if c.spec.get("table") == t])]
     extra = [c for c in cells if c.spec.get("table") is None]
