@@ -1,11 +1,12 @@
 """What the core, the studies and the runner need of a run that records: the Recorder
-protocol. tracking.store.RunLog implements it on MLflow; tracking.store.NullRunLog records
-nothing (`make perf` times a cell without tracking). The core and `studies` type against
-this protocol and never import a tracking library."""
+protocol. tracking.store.RunLog implements it on MLflow; NullRunLog, here, records nothing
+(`make perf` times a cell without tracking). The core and `studies` type against this
+protocol and never import a tracking library."""
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -38,4 +39,39 @@ class Recorder(Protocol):
         ...
 
 
+class NullRunLog:
+    """A Recorder that records nothing: the same cell without tracking, for `make perf`."""
 
+    run_id = "untracked"
+
+    def log_params(self, params: dict[str, object]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        pass
+
+    def log_curves(self, history: list[dict[str, float]]) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, object]) -> None:
+        pass
+
+    def log_dataset(self, name: str, digest: str, path: str, context: str,
+                    tags: dict[str, str] | None = None) -> None:
+        pass
+
+    def log_artifacts(self, folder: Path, path: str | None = None) -> None:
+        pass
+
+    def log_state_dict(self, state_dict: dict, name: str = "model") -> None:
+        pass
+
+    def end(self, status: str) -> None:
+        pass
+
+    def end_lost(self, run_ids: list[str], reason: str) -> None:
+        pass
+
+    @contextmanager
+    def child(self, name: str, kind: str, tags: dict | None = None) -> Iterator[NullRunLog]:
+        yield NullRunLog()

@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from tracking import plots
+from tracking import plots, plots_repetitions
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer"]
 TAIL = [0, 1]
@@ -57,7 +57,7 @@ def band_extent(fig, index: int, x: float) -> tuple[float, float]:
 
 
 def test_mean_accuracy_line_is_the_hand_mean_in_percent():
-    fig = plots.mean_accuracy_curve(THREE, "cnn · long-tail · none")
+    fig = plots_repetitions.mean_accuracy_curve(THREE, "cnn · long-tail · none")
     np.testing.assert_array_equal(line(fig, "train").get_xdata(), [1, 2, 3])
     np.testing.assert_allclose(line(fig, "train").get_ydata(), [60, 70, 80])
     np.testing.assert_allclose(line(fig, "test").get_ydata(), [45, 55, 60])
@@ -68,7 +68,7 @@ def test_mean_accuracy_line_is_the_hand_mean_in_percent():
 
 
 def test_band_is_one_sample_std_either_side():
-    fig = plots.mean_accuracy_curve(THREE, "t")
+    fig = plots_repetitions.mean_accuracy_curve(THREE, "t")
     assert len(fig.axes[0].collections) == 2  # one band for train, one for test
     # train epoch 1: 60 ± 10 (ddof=1; ddof=0 would give ± 8.16)
     assert band_extent(fig, 0, 1) == pytest.approx((50, 70))
@@ -77,7 +77,7 @@ def test_band_is_one_sample_std_either_side():
 
 
 def test_mean_loss_is_not_scaled():
-    fig = plots.mean_loss_curve(THREE, "t")
+    fig = plots_repetitions.mean_loss_curve(THREE, "t")
     np.testing.assert_allclose(line(fig, "train").get_ydata(), [2.2, 1.6, 1.1])
     np.testing.assert_allclose(line(fig, "test").get_ydata(), [2.4, 1.9, 1.7])
     assert band_extent(fig, 0, 1) == pytest.approx((2.0, 2.4))  # 2.2 ± 0.2
@@ -86,7 +86,7 @@ def test_mean_loss_is_not_scaled():
 
 
 def test_one_repetition_draws_the_line_and_no_band():
-    fig = plots.mean_accuracy_curve(THREE[:1], "t")
+    fig = plots_repetitions.mean_accuracy_curve(THREE[:1], "t")
     np.testing.assert_allclose(line(fig, "train").get_ydata(), [50, 60, 70])
     assert len(fig.axes[0].collections) == 0
     assert "1 repetition" in fig.axes[0].get_legend().get_title().get_text()
@@ -96,7 +96,7 @@ def test_one_repetition_draws_the_line_and_no_band():
 def test_unequal_lengths_average_over_the_repetitions_that_reached_the_epoch():
     # lengths 3, 2, 1: epoch 1 over three, epoch 2 over two, epoch 3 over one
     histories = [THREE[0], THREE[1][:2], THREE[2][:1]]
-    fig = plots.mean_accuracy_curve(histories, "t")
+    fig = plots_repetitions.mean_accuracy_curve(histories, "t")
     np.testing.assert_allclose(line(fig, "train").get_ydata(), [60, 65, 70])
     np.testing.assert_allclose(line(fig, "test").get_ydata(), [45, 52.5, 55])
     # a band where two or more repetitions remain; none at epoch 3, where one is left
@@ -111,25 +111,26 @@ def test_unequal_lengths_average_over_the_repetitions_that_reached_the_epoch():
 
 def test_a_missing_value_drops_out_of_that_epochs_mean():
     histories = [[epoch(0.5, 0.4)], [epoch(0.7, math.nan)], [{"train_acc": 0.9}]]
-    fig = plots.mean_accuracy_curve(histories, "t")
+    fig = plots_repetitions.mean_accuracy_curve(histories, "t")
     np.testing.assert_allclose(line(fig, "train").get_ydata(), [70])
     np.testing.assert_allclose(line(fig, "test").get_ydata(), [40])
     assert len(fig.axes[0].collections) == 1  # test has one value: no band
 
 
 def test_no_epochs_says_so_and_a_bad_what_is_refused():
-    fig = plots.mean_loss_curve([[], []], "t")
+    fig = plots_repetitions.mean_loss_curve([[], []], "t")
     assert not fig.axes[0].lines
     assert any("no epochs" in t.get_text() for t in fig.axes[0].texts)
     assert plots.png_bytes(fig)[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="loss"):
-        plots.mean_curves(THREE, "t", "acc")
+        plots_repetitions.mean_curves(THREE, "t", "acc")
 
 
 def test_per_class_error_bars_are_mean_plus_minus_std_in_percent():
     means = [0.30, 0.40, 0.70, 0.80, 0.90]
     stds = [0.05, math.nan, 0.10, 0.02, 0.15]  # automobile: no spread measured
-    fig = plots.per_class_accuracy_errorbars(means, stds, CLASSES, TAIL, "cnn · long-tail", 3)
+    fig = plots_repetitions.per_class_accuracy_errorbars(means, stds, CLASSES, TAIL,
+                                                         "cnn · long-tail", 3)
     ax = fig.axes[0]
     bars = bar_container(fig)
     np.testing.assert_allclose([b.get_height() for b in bars], [30, 40, 70, 80, 90])
@@ -150,8 +151,8 @@ def test_per_class_error_bars_are_mean_plus_minus_std_in_percent():
 
 
 def test_per_class_error_bars_with_one_repetition_and_a_missing_class():
-    fig = plots.per_class_accuracy_errorbars([0.5, math.nan, 0.6, 0.7, 0.8], [math.nan] * 5,
-                                             CLASSES, TAIL, "t", 1)
+    fig = plots_repetitions.per_class_accuracy_errorbars(
+        [0.5, math.nan, 0.6, 0.7, 0.8], [math.nan] * 5, CLASSES, TAIL, "t", 1)
     ax = fig.axes[0]
     assert all(len(s) == 0 for s in bar_container(fig).errorbar.lines[2][0].get_segments())
     assert bar_container(fig)[1].get_height() == 0  # the missing class: an empty slot
@@ -159,13 +160,13 @@ def test_per_class_error_bars_with_one_repetition_and_a_missing_class():
     assert "1 repetition" in ax.get_title() and "repetitions" not in ax.get_title()
     assert_readable_png(plots.png_bytes(fig))
     with pytest.raises(ValueError):
-        plots.per_class_accuracy_errorbars([0.5], [0.1, 0.1], ["a"], [], "t", 2)
+        plots_repetitions.per_class_accuracy_errorbars([0.5], [0.1, 0.1], ["a"], [], "t", 2)
 
 
 def test_figures_are_not_kept_alive_by_pyplot():
     import matplotlib.pyplot as plt
 
     before = plt.get_fignums()
-    plots.mean_accuracy_curve(THREE, "t")
-    plots.per_class_accuracy_errorbars([0.5] * 5, [0.1] * 5, CLASSES, TAIL, "t", 3)
+    plots_repetitions.mean_accuracy_curve(THREE, "t")
+    plots_repetitions.per_class_accuracy_errorbars([0.5] * 5, [0.1] * 5, CLASSES, TAIL, "t", 3)
     assert plt.get_fignums() == before  # nothing to plt.close: Figure, not pyplot.figure

@@ -66,7 +66,7 @@ def test_the_study_tunes_on_repetition_0(data, monkeypatch, tmp_path):
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(tune_mod, "tuning_data", spy)
-    from tracking.store import NullRunLog
+    from benchmark.recording import NullRunLog
 
     with pytest.raises(RuntimeError, match="stop here"):
         runner._tune(dataclasses.replace(CELL, trials=2), data, NullRunLog(), CPU,
@@ -76,7 +76,7 @@ def test_the_study_tunes_on_repetition_0(data, monkeypatch, tmp_path):
 
 
 def test_weights_batch_order_and_oversampling_draws_follow_the_repetition(data, monkeypatch):
-    from tracking.store import NullRunLog
+    from benchmark.recording import NullRunLog
 
     calls = {"build": [], "fit": []}
     real_build, real_fit = runner.build_model, runner.fit

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.metrics import CellMetrics, class_metric_names
-from tracking import plots
+from tracking import plots, plots_repetitions
 
 
 def _confusion_csv(cm: np.ndarray, classes: list[str]) -> str:
@@ -64,16 +64,16 @@ def write_cell_summary(out_dir: Path, title: str, histories: list[list[dict[str,
     if not len(ok):
         return []
     folder = Path(out_dir) / "figures"
-    written = [plots.save_png(plots.mean_loss_curve(histories, title),
+    written = [plots.save_png(plots_repetitions.mean_loss_curve(histories, title),
                               folder / "mean_loss.png"),
-               plots.save_png(plots.mean_accuracy_curve(histories, title),
+               plots.save_png(plots_repetitions.mean_accuracy_curve(histories, title),
                               folder / "mean_accuracy.png")]
     classes = json.loads(ok["classes"].iloc[0])
     tail = json.loads(ok["tail_classes"].iloc[0])
     names = class_metric_names(classes)
     values = ok.reindex(columns=names).astype(float)
     stds = values.std(ddof=1) if len(ok) > 1 else pd.Series(np.nan, index=names)
-    fig = plots.per_class_accuracy_errorbars(values.mean().tolist(), stds.tolist(), classes,
-                                             tail, title, n=len(ok))
+    fig = plots_repetitions.per_class_accuracy_errorbars(
+        values.mean().tolist(), stds.tolist(), classes, tail, title, n=len(ok))
     written.append(plots.save_png(fig, folder / "per_class_accuracy_mean.png"))
     return written

@@ -123,44 +123,6 @@ class RunLog:
             yield log
 
 
-class NullRunLog:
-    """A Recorder that records nothing: the same cell without tracking, for `make perf`."""
-
-    run_id = "untracked"
-
-    def log_params(self, params: dict[str, object]) -> None:
-        pass
-
-    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        pass
-
-    def log_curves(self, history: list[dict[str, float]]) -> None:
-        pass
-
-    def set_tags(self, tags: dict[str, object]) -> None:
-        pass
-
-    def log_dataset(self, name: str, digest: str, path: str, context: str,
-                    tags: dict[str, str] | None = None) -> None:
-        pass
-
-    def log_artifacts(self, folder: Path, path: str | None = None) -> None:
-        pass
-
-    def log_state_dict(self, state_dict: dict, name: str = "model") -> None:
-        pass
-
-    def end(self, status: str) -> None:
-        pass
-
-    def end_lost(self, run_ids: list[str], reason: str) -> None:
-        pass
-
-    @contextmanager
-    def child(self, name: str, kind: str, tags: dict | None = None) -> Iterator[NullRunLog]:
-        yield NullRunLog()
-
-
 @contextmanager
 def _ended(log: RunLog) -> Iterator[RunLog]:
     try:

@@ -14,8 +14,9 @@ from pathlib import Path
 from benchmark.app.perf_timing import Context, Row, alternate, paired
 from benchmark.app.runner import cut, run_cell, summarize_cell
 from benchmark.cells import Cell
+from benchmark.recording import NullRunLog
 from studies import TuneOptions, tune_cell
-from tracking.store import NullRunLog, Store
+from tracking.store import Store
 
 TRACKING_TARGET = 1.03  # a tracked cell may take at most 3% longer
 
