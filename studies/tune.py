@@ -117,6 +117,7 @@ class TuneOptions:
     storage: str | Path | None = None  # journal path, sqlite:///, postgresql://; None: default
     timeout: float | None = None  # seconds one cell's study may take; None: no limit
     jobs: int = 1  # trials at once, in threads sharing the device
+    progress: bool = False  # Optuna's bar over the trials (on a terminal)
     pruner: optuna.pruners.BasePruner | None = None  # None: default_pruner(cell)
     space: tuple[Param, ...] = SPACE  # what is searched
 
@@ -139,7 +140,7 @@ def tune_cell(cell: Cell, data: Dataset, device: torch.device, run: Recorder,
         # the cell's own values first: tuning can then only improve on them (on validation)
         study.enqueue_trial(starting_point(cell, space), skip_if_exists=True)
     seed = cell.repetition_seed(0) if seed is None else seed
-    dead = _optimize(study, cell, data, device, run, space, options.timeout, options.jobs, seed)
+    dead = _optimize(study, cell, data, device, run, space, options, seed)
     result = _result(study, searched(cell, space), cell.seed, url)
     result.dead_runs = [t.user_attrs["mlflow_run_id"] for t in dead
                         if "mlflow_run_id" in t.user_attrs]
@@ -147,12 +148,11 @@ def tune_cell(cell: Cell, data: Dataset, device: torch.device, run: Recorder,
 
 
 def _optimize(study: optuna.Study, cell: Cell, data: Dataset, device: torch.device,
-              run: Recorder, space: tuple[Param, ...], timeout: float | None, jobs: int,
-              seed: int) -> list:
+              run: Recorder, space: tuple[Param, ...], options: TuneOptions, seed: int) -> list:
     """Run trials until the study holds `cell.trials` finished ones, whichever worker runs
     them: other workers' trials under way count, and when one of them dies (its trial is
     failed and queued again) this loop takes up the slack. Returns the dead workers' trials."""
-    deadline = None if timeout is None else time.monotonic() + timeout
+    deadline = None if options.timeout is None else time.monotonic() + options.timeout
     dead = fail_dead_trials(study, retry=True)  # left RUNNING by a worker that was killed
     objective = None
     while (remaining := cell.trials - _finished(study)) > 0:
@@ -161,8 +161,8 @@ def _optimize(study: optuna.Study, cell: Cell, data: Dataset, device: torch.devi
             break
         objective = objective or Objective(cell, tuning_data(data, seed, device), device,
                                            run, space, seed)
-        study.optimize(objective, n_trials=remaining, timeout=left, n_jobs=jobs,
-                       catch=(Surplus,), callbacks=[
+        study.optimize(objective, n_trials=remaining, timeout=left, n_jobs=options.jobs,
+                       catch=(Surplus,), show_progress_bar=options.progress, callbacks=[
                            _stop_when_enough(cell.trials),
                            lambda study, _: dead.extend(fail_dead_trials(study, retry=True))])
         # other workers' trials of this study count toward the best: wait for them

@@ -204,7 +204,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _tuning(args: argparse.Namespace):
     from studies import TuneOptions
 
-    return TuneOptions(args.storage, args.timeout, args.jobs or 1)
+    return TuneOptions(args.storage, args.timeout, args.jobs or 1,
+                       progress=sys.stderr.isatty())
 
 
 def _finish(store, invocation: str, report: bool, out: str | None = None):

@@ -1,5 +1,6 @@
 """What the user reads, in one voice: a line per event on stderr, `tailbench: ...` for the
-command and `[i/n] cell: ...` for a cell. Third-party libraries are turned down (Optuna's
+command and `[i/n] cell: ...` for a cell, and on a terminal tqdm bars over the cells, a
+study's trials and an epoch's batches. Third-party libraries are turned down (Optuna's
 per-trial INFO lines, MLflow's and alembic's database messages), not reformatted; their
 warnings keep their own format."""
 
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import sys
 from typing import TextIO
+
+from tqdm.auto import tqdm
 
 import studies
 import tracking
@@ -23,7 +26,8 @@ class Console:
         self.stream = stream
 
     def _print(self, text: str) -> None:
-        print(text, file=self.stream or sys.stderr, flush=True)
+        # tqdm.write keeps the progress bars (cells, trials, batches) whole on a terminal
+        tqdm.write(text, file=self.stream or sys.stderr)
 
     def note(self, text: str) -> None:
         self._print(f"tailbench: {text}")

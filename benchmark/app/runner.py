@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from benchmark.app.console import Console
 from benchmark.cells import REPETITION_FIELDS, Cell, GridEntry
@@ -281,7 +282,8 @@ def run_grid(entries: list[GridEntry], data: Dataset, store: Store, *, device: t
     suffix = f" force {invocation.id}" if invocation.force else ""
     outcomes: list[Outcome] = []
     console = Console()
-    for i, entry in enumerate(entries, 1):
+    for i, entry in enumerate(tqdm(entries, desc="cells", unit="cell", disable=not progress,
+                                   leave=False), 1):
         say = console.cell(i, len(entries), entry.cell.name)
         outcomes.append(_run_entry(entry.cell, data, store, storage, suffix, say,
                                    device=device, force=invocation.force, progress=progress,

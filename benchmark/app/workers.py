@@ -12,10 +12,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
+import benchmark.data as sources  # looked up at call time (tests stand in for the loader)
 from benchmark.app.console import Console, quiet_libraries
 from benchmark.app.runner import Invocation, Outcome, run_grid
 from benchmark.cells import GridEntry
-from benchmark.data import load_dataset
 from benchmark.train import resolve_device
 from studies import TuneOptions
 from tracking.store import Store
@@ -44,7 +44,7 @@ def work(plan: WorkerPlan) -> list[Outcome]:
         torch.set_num_threads(plan.threads)
     device = torch.device("cuda", plan.gpu) if plan.gpu is not None else \
         resolve_device(plan.device)
-    data = load_dataset(plan.source, plan.data_dir)
+    data = sources.load_dataset(plan.source, plan.data_dir)
     store = Store(plan.tracking_uri, plan.experiment)
     return run_grid(list(plan.entries), data, store, device=device, invocation=plan.invocation,
                     progress=plan.progress, tuning=plan.tuning)
@@ -67,8 +67,9 @@ def spawn(plan: WorkerPlan, n: int) -> list[int]:
     Console().note(f"{n} workers" + (f" on {gpus} GPUs" if gpus else ""))
     threads = None if gpus else max(1, (os.cpu_count() or 1) // n)
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch state
+    quiet = replace(plan.tuning, progress=False)  # n workers' bars would garble each other
     procs = [ctx.Process(target=_main, args=(replace(
-        plan, progress=False, threads=threads, gpu=(i % gpus) if gpus else None),))
+        plan, tuning=quiet, progress=False, threads=threads, gpu=(i % gpus) if gpus else None),))
         for i in range(n)]
     for p in procs:
         p.start()
