@@ -28,7 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # not a result, and its cell would end FAILED)
 GRID = ('[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\naugment = "none"\nepochs = {epochs}\n'
         'batch_size = 8\nlr = 0.05\ntail_fraction = 0.5\nseed = {seed}\n')
-SEEDS = itertools.count(int(time.time()) % 100000)  # a cell (key, study) of its own per test
+# a cell (key, study) of its own per test, on fresh services; fixed seeds, because a cell that
+# does not learn ends FAILED (seeds 1-11 of this cell learn in 3 epochs; a clock-drawn seed
+# once did not, and failed the race test)
+SEEDS = itertools.count(1)
 
 
 def free_port() -> int:
