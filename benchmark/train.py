@@ -123,18 +123,18 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, data: Split,
         opt.step()
         # accumulate on the device: one host sync per epoch, not per step
         loss_sum += loss.detach().float() * len(yb)
-        hit = out.argmax(1) == yb
         classes = out.shape[1]
         if seen is None:
-            seen = torch.zeros(classes, device=device, dtype=torch.long)
+            seen = torch.zeros(classes, device=device)
             correct = torch.zeros_like(seen)
         seen += torch.bincount(yb, minlength=classes)
-        correct += torch.bincount(yb[hit], minlength=classes)
+        # weights, not yb[hit]: a boolean index would sync the host every step on a GPU
+        correct += torch.bincount(yb, weights=(out.argmax(1) == yb).float(), minlength=classes)
     n = len(order)
     if seen is None:
         return {"train_loss": 0.0, "train_acc": 0.0, "train_balanced_acc": 0.0}
     present = seen > 0
-    recall = correct[present].double() / seen[present]
+    recall = correct[present] / seen[present]
     return {"train_loss": loss_sum.item() / n, "train_acc": correct.sum().item() / n,
             "train_balanced_acc": recall.mean().item()}
 

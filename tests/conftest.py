@@ -38,6 +38,20 @@ def learnable_images(n: int, seed: int, channels: int = 3, size: int = 32
     return x.clip(0, 255).astype(np.uint8), labels.astype(np.int64)
 
 
+def learnable_dataset(n_train: int, n_test: int, seed: int, digest: str = "ab" * 32,
+                      path: str = ""):
+    """A benchmark Dataset of learnable images in memory (source "synthetic"): train from
+    `seed`, test from `seed + 1`."""
+    import torch
+
+    from benchmark.data import Dataset
+
+    x, y = learnable_images(n_train, seed)
+    tx, ty = learnable_images(n_test, seed + 1)
+    return Dataset(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(tx),
+                   torch.from_numpy(ty), CIFAR_CLASSES, "synthetic", digest, path)
+
+
 class Py2StylePickler(pickle._Pickler):
     """Protocol 2 as Python 2's cPickle wrote the official batches: every string as BINSTRING
     (read back as bytes with encoding='bytes'), numpy under its old `numpy.core` name. Python 3's

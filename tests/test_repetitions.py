@@ -6,11 +6,10 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import CIFAR_CLASSES, learnable_images
+from conftest import learnable_dataset
 
 from benchmark.app import runner
 from benchmark.cells import Cell
-from benchmark.data import Dataset
 from benchmark.train import build_model
 from studies import TuneOptions
 from studies.objective import tuning_data
@@ -22,10 +21,7 @@ CELL = Cell("cnn", "long-tail", "flip+noise", epochs=1, batch_size=16, train_lim
 
 @pytest.fixture(scope="module")
 def data():
-    x, y = learnable_images(500, seed=5)
-    tx, ty = learnable_images(100, seed=6)
-    return Dataset(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(tx),
-                   torch.from_numpy(ty), CIFAR_CLASSES, "synthetic", "ef" * 32, "")
+    return learnable_dataset(500, 100, seed=5, digest="ef" * 32)
 
 
 def images(x: torch.Tensor) -> set[bytes]:

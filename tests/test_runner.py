@@ -9,13 +9,12 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from conftest import CIFAR_CLASSES, learnable_images
+from conftest import learnable_dataset
 from torch import nn
 
 from benchmark.app import runner
 from benchmark.app.cli import main
 from benchmark.cells import Cell, GridEntry
-from benchmark.data import Dataset
 from benchmark.models import MODELS
 from studies import TuneOptions
 from tracking.results import load_results, write_results
@@ -32,10 +31,7 @@ CELLS = [Cell("cnn", "long-tail", "none", epochs=2, batch_size=8, lr=0.05, datas
 
 @pytest.fixture(scope="module")
 def data():
-    x, y = learnable_images(250, seed=1)
-    tx, ty = learnable_images(60, seed=2)
-    return Dataset(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(tx),
-                   torch.from_numpy(ty), CIFAR_CLASSES, "synthetic", "ab" * 32, "/tmp/synthetic")
+    return learnable_dataset(250, 60, seed=1, digest="ab" * 32, path="/tmp/synthetic")
 
 
 @pytest.fixture(scope="module")

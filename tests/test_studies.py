@@ -8,12 +8,11 @@ import dataclasses
 import optuna
 import pytest
 import torch
-from conftest import CIFAR_CLASSES, learnable_images
+from conftest import learnable_dataset
 from mlflow import MlflowClient
 
 from benchmark.app import runner
 from benchmark.cells import Cell, GridEntry
-from benchmark.data import Dataset
 from benchmark.data.variants import make_variant
 from benchmark.errors import UserError
 from studies import objective as objective_mod
@@ -41,10 +40,7 @@ class PruneOddTrials(optuna.pruners.BasePruner):
 
 @pytest.fixture(scope="module")
 def data():
-    x, y = learnable_images(200, seed=3)
-    tx, ty = learnable_images(50, seed=4)
-    return Dataset(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(tx),
-                   torch.from_numpy(ty), CIFAR_CLASSES, "synthetic", "cd" * 32, "")
+    return learnable_dataset(200, 50, seed=3, digest="cd" * 32)
 
 
 def store_at(tmp_path) -> Store:

@@ -12,16 +12,14 @@ older stays in MLflow as history), and per repetition of it one run: one with an
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from benchmark.cells import CELL_FIELDS, Cell
+from benchmark.cells import CELL_FIELDS
 from tracking.store import KIND, Store
 
-OK, DID_NOT_LEARN, ERROR, RUNNING = "ok", "did-not-learn", "error", "running"
-OUTCOMES = (OK, DID_NOT_LEARN, ERROR, RUNNING)  # ok is the only outcome that is a result
+OK, DID_NOT_LEARN, ERROR, RUNNING = "ok", "did-not-learn", "error", "running"  # ok: a result
 ID_COLUMNS = ["cell_key", "cell_name", "repetition", "rep_seed", "status", "outcome", "reason",
               "run_id", "cell_run_id", "final_lr", "final_sigma", "final_attempt", "classes",
               "tail_classes"]
@@ -160,15 +158,3 @@ def default_path(store: Store) -> Path:
     if store.uri.startswith("sqlite:///"):
         return Path(store.uri.removeprefix("sqlite:///")).parent / "results.parquet"
     return Path("runs") / "results.parquet"
-
-
-def cell_of(row: pd.Series | dict) -> Cell:
-    """The Cell a results row belongs to (its fields are columns of the table)."""
-    return Cell(**{n: row[n] for n in CELL_FIELDS})
-
-
-def classes_of(df: pd.DataFrame) -> tuple[list[str], list[int]]:
-    """The class names and tail classes the table's cells were trained on (first cell's)."""
-    if not len(df):
-        return [], []
-    return json.loads(df["classes"].iloc[0]), json.loads(df["tail_classes"].iloc[0])
