@@ -8,7 +8,7 @@ import logging
 import optuna
 
 from studies.space import SPACE, Param, searched
-from studies.storage import open_storage, storage_url
+from studies.storage import open_studies, storage_url
 from studies.summary import StudySummary, TrialRecord
 from studies.tune import TuneOptions, TuneResult, study_name, tune_cell
 
@@ -19,4 +19,4 @@ def quiet_logs() -> None:
 
 
 __all__ = ["SPACE", "Param", "StudySummary", "TrialRecord", "TuneOptions", "TuneResult",
-           "open_storage", "quiet_logs", "searched", "storage_url", "study_name", "tune_cell"]
+           "open_studies", "quiet_logs", "searched", "storage_url", "study_name", "tune_cell"]

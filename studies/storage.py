@@ -4,7 +4,7 @@
 - None: $TAILBENCH_STORAGE (set by `source .services/env` after `make services`), else the
   journal file runs/optuna.journal (no server, safe for several processes on one machine)
 - a path: a journal file there (its folder is created)
-- sqlite:///path.db, postgresql://user:pass@host/db, mysql://...: an Optuna RDBStorage
+- sqlite:///path.db, postgresql://user:pass@host/db: an Optuna RDBStorage
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ DEFAULT_JOURNAL = Path("runs") / "optuna.journal"
 HEARTBEAT_S = int(os.environ.get("TAILBENCH_HEARTBEAT", "10"))  # seconds between heartbeats
 GRACE_S = 3 * HEARTBEAT_S  # a trial with no heartbeat for this long is taken as dead
 ENV = "TAILBENCH_STORAGE"  # like MLFLOW_TRACKING_URI for the tracking store
-RDB_SCHEMES = ("sqlite", "postgresql", "mysql")  # SQLAlchemy dialects, "+driver" allowed
+# SQLAlchemy dialects, "+driver" allowed; not MySQL: workers coordinate by file locks next to a
+# local store or PostgreSQL advisory locks (studies/locks.py)
+RDB_SCHEMES = ("sqlite", "postgresql")
 SQLITE_HEADER = b"SQLite format 3\x00"
 EXAMPLES = ("use a journal file path (runs/optuna.journal), sqlite:///runs/optuna.db or "
             "postgresql://user:password@host:5432/db")
@@ -106,7 +108,7 @@ def _retry_stale():
         return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
 
 
-def open_storage(storage: str | Path | None = None):
+def open_studies(storage: str | Path | None = None):
     """An Optuna storage object for `storage` (see the module docstring), folders created."""
     import optuna
 
@@ -131,4 +133,4 @@ def open_storage(storage: str | Path | None = None):
         raise StorageError(f"Optuna storage {masked(url)} cannot be opened: {type(e).__name__}: "
                          f"{first.rstrip('.')}. Check that the server is up, the credentials "
                          "(PGPASSFILE for PostgreSQL), and that its driver is installed "
-                         "(psycopg for postgresql, pymysql for mysql)") from None
+                         "(psycopg for postgresql)") from None

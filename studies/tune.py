@@ -29,11 +29,12 @@ import torch
 from benchmark.cells import Cell
 from benchmark.data import Dataset
 from benchmark.recording import Recorder
-from studies.claims import Surplus, fail_dead_trials, is_live, wait_for_running
+from studies.locks import open_locks
 from studies.objective import Objective, tuning_data
 from studies.space import SPACE, Param, check_space, searched, starting_point
-from studies.storage import masked, open_storage, storage_url
-from studies.summary import FINISHED, StudySummary, summarize
+from studies.storage import is_journal, masked, open_studies, storage_url
+from studies.summary import StudySummary, summarize
+from studies.trials import Workers
 
 OBJECTIVE = "validation balanced accuracy"
 # The fields that only size the search, not the problem: changing them continues a study
@@ -106,10 +107,6 @@ def _open_study(cell: Cell, storage, pruner) -> optuna.Study:
                              pruner=pruner or default_pruner(cell))
 
 
-def _finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
-
-
 @dataclass(frozen=True)
 class TuneOptions:
     """How a cell's study runs (its budget, `trials`, is the cell's own)."""
@@ -134,13 +131,13 @@ def tune_cell(cell: Cell, data: Dataset, device: torch.device, run: Recorder,
     space = options.space
     check_space(space)
     url = storage_url(options.storage)
-    study = _open_study(cell, open_storage(url), options.pruner)
-    run.set_tags({"optuna_study": study.study_name, "optuna_storage": masked(url)})
+    study = _open_study(cell, open_studies(url), options.pruner)
+    run.set_tags({"optuna_study": study.study_name, "optuna_url": masked(url)})
     if not study.get_trials(deepcopy=False):
         # the cell's own values first: tuning can then only improve on them (on validation)
         study.enqueue_trial(starting_point(cell, space), skip_if_exists=True)
     seed = cell.repetition_seed(0) if seed is None else seed
-    dead = _optimize(study, cell, data, device, run, space, options, seed)
+    dead = _optimize(study, cell, data, device, run, space, options, seed, url)
     result = _result(study, searched(cell, space), cell.seed, url)
     result.dead_runs = [t.user_attrs["mlflow_run_id"] for t in dead
                         if "mlflow_run_id" in t.user_attrs]
@@ -148,37 +145,15 @@ def tune_cell(cell: Cell, data: Dataset, device: torch.device, run: Recorder,
 
 
 def _optimize(study: optuna.Study, cell: Cell, data: Dataset, device: torch.device,
-              run: Recorder, space: tuple[Param, ...], options: TuneOptions, seed: int) -> list:
+              run: Recorder, space: tuple[Param, ...], options: TuneOptions, seed: int,
+              url: str) -> list:
     """Run trials until the study holds `cell.trials` finished ones, whichever worker runs
-    them: other workers' trials under way count, and when one of them dies (its trial is
-    failed and queued again) this loop takes up the slack. Returns the dead workers' trials."""
+    them (studies/trials.py). Returns the dead workers' trials found on the way."""
     deadline = None if options.timeout is None else time.monotonic() + options.timeout
-    dead = fail_dead_trials(study, retry=True)  # left RUNNING by a worker that was killed
-    objective = None
-    while (remaining := cell.trials - _finished(study)) > 0:
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
-            break
-        objective = objective or Objective(cell, tuning_data(data, seed, device), device,
-                                           run, space, seed)
-        study.optimize(objective, n_trials=remaining, timeout=left, n_jobs=options.jobs,
-                       catch=(Surplus,), show_progress_bar=options.progress, callbacks=[
-                           _stop_when_enough(cell.trials),
-                           lambda study, _: dead.extend(fail_dead_trials(study, retry=True))])
-        # other workers' trials of this study count toward the best: wait for them
-        dead.extend(wait_for_running(study))
-    return dead
-
-
-def _stop_when_enough(wanted: int):
-    """Stop this worker's loop once finished trials plus live running ones make `wanted`,
-    so it does not ask for trials that other workers are already running."""
-    def callback(study: optuna.Study, _trial) -> None:
-        trials = study.get_trials(deepcopy=False)
-        if sum(t.state in FINISHED or is_live(t) for t in trials) >= wanted:
-            study.stop()
-
-    return callback
+    workers = Workers(study, open_locks(url), is_journal(url), cell.trials, deadline,
+                      options.progress)
+    return workers.run(lambda: Objective(cell, tuning_data(data, seed, device), device, run,
+                                         space, seed), options.jobs)
 
 
 def _result(study: optuna.Study, space: list[Param], seed: int, url: str) -> TuneResult:

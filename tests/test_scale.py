@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from benchmark.app.cli import main
 from benchmark.cells import expand
-from studies.storage import open_storage
+from studies.storage import open_studies
 from studies.tune import study_name
 
 pytestmark = pytest.mark.slow
@@ -66,18 +66,23 @@ def data_dir(tmp_path_factory):
 
 
 class Bench:
-    """One tiny grid (one rnn cell) on the shared stores, driven through the command line."""
+    """One tiny grid (one cnn cell) on the shared stores, driven through the command line:
+    its studies on PostgreSQL (advisory locks, heartbeats), or with `journal` in a journal
+    file of its own (file locks, workers' locks for liveness)."""
 
-    def __init__(self, services, data_dir, folder: Path, trials: int, epochs: int = 3):
+    def __init__(self, services, data_dir, folder: Path, trials: int, epochs: int = 3,
+                 journal: bool = False, seeds: int = 1):
         self.services, self.trials = services, trials
+        self.storage = str(folder / "optuna.journal") if journal else \
+            services["TAILBENCH_STORAGE"]
         self.grid = folder / "grid.toml"
         self.grid.write_text(GRID.format(epochs=epochs, seed=next(SEEDS)))
         self.args = ["run", "--grid", str(self.grid), "--profile", "paper", "--dataset",
                      "cifar10", "--data-dir", str(data_dir), "--no-report", "--trials",
-                     str(trials), "--seeds", "1", "--storage", services["TAILBENCH_STORAGE"],
+                     str(trials), "--seeds", str(seeds), "--storage", self.storage,
                      "--tracking-uri", services["MLFLOW_TRACKING_URI"]]
         self.env = os.environ | {"PGPASSFILE": services["PGPASSFILE"],
-                                 "PYTHONPATH": str(ROOT), "TAILBENCH_HEARTBEAT": "1"}
+                                 "PYTHONPATH": str(ROOT), "TAILBENCH_HEARTBEAT": "2"}
 
     def start(self, *extra: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "benchmark.app.cli", *self.args, *extra],
@@ -91,19 +96,25 @@ class Bench:
     def study(self) -> optuna.Study:
         os.environ["PGPASSFILE"] = self.services["PGPASSFILE"]
         return optuna.load_study(study_name=study_name(self.cell),
-                                 storage=open_storage(self.services["TAILBENCH_STORAGE"]))
+                                 storage=open_studies(self.storage))
+
+    def study_names(self) -> list[str]:
+        """Every study in the storage, asked through Optuna's own API."""
+        os.environ["PGPASSFILE"] = self.services["PGPASSFILE"]
+        return optuna.get_all_study_names(open_studies(self.storage))
 
     def runs(self, kind: str):
-        """The cell runs of this grid's cell, or the trial runs nested under them."""
+        """The cell runs of this grid's cell, or the trial or repetition runs nested under
+        them."""
         mlflow.set_tracking_uri(self.services["MLFLOW_TRACKING_URI"])
         exp = ["tailbench/cifar10/paper"]
         cells = mlflow.search_runs(experiment_names=exp, filter_string=(
             f"tags.cell_key = '{self.cell.key}' and tags.tailbench_kind = 'cell'"))
         if kind == "cell" or not len(cells):
             return cells
-        trials = mlflow.search_runs(experiment_names=exp,
-                                    filter_string="tags.tailbench_kind = 'trial'")
-        return trials[trials["tags.mlflow.parentRunId"].isin(set(cells["run_id"]))]
+        nested = mlflow.search_runs(experiment_names=exp,
+                                    filter_string=f"tags.tailbench_kind = '{kind}'")
+        return nested[nested["tags.mlflow.parentRunId"].isin(set(cells["run_id"]))]
 
 
 def finished(study: optuna.Study) -> list:
@@ -119,40 +130,55 @@ def test_three_workers_share_a_study_and_run_each_trial_once(services, data_dir,
     bench = Bench(services, data_dir, tmp_path, trials=6)
     out = wait(bench.start("--workers", "3"))
     assert "finished in" in out and "1 of 1 repetitions learned" in out, out
+    assert "Traceback" not in out and "View run" not in out, out
     study = bench.study()
     done = finished(study)
-    assert len(done) == 6, [(t.number, t.state) for t in study.trials]
+    assert [t.state for t in study.trials] == [t.state for t in done]  # none failed, surplus
+    assert len(done) == 6
     assert len({t.user_attrs["worker"] for t in done}) >= 2  # the trials spread over workers
+    names = bench.study_names()  # the tuning studies, nothing else (no locks, no claims)
+    assert names.count(study_name(bench.cell)) == 1 and not any("claim" in n for n in names)
     trials = bench.runs("trial")
     ran = trials[trials["status"] != "FAILED"]
     # each finished trial has exactly one run, and no trial number ran twice
     assert sorted(ran["params.trial_number"].astype(int)) == sorted(t.number for t in done)
     cells = bench.runs("cell")
-    assert list(cells["status"]) == ["FINISHED"] and cells["metrics.trials_complete"][0] + \
-        cells["metrics.trials_pruned"][0] == 6
+    assert list(cells["status"]) == ["FINISHED"]
+    assert cells["metrics.trials_complete"][0] + cells["metrics.trials_pruned"][0] == 6
+    assert cells["metrics.trials_failed"][0] == 0
 
 
-def test_a_worker_killed_mid_trial_and_the_study_still_completes(services, data_dir, tmp_path):
-    bench = Bench(services, data_dir, tmp_path, trials=4, epochs=6)
-    victim = bench.start()
+def wait_until(bench: Bench, victim: subprocess.Popen, ready, what: str) -> None:
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # until the victim is in the middle of a trial
+    while time.monotonic() < deadline:
         try:
-            running = [t for t in bench.study().trials if t.state == TrialState.RUNNING]
-        except KeyError:
-            running = []
-        if running and running[0].intermediate_values:
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail("the first worker never reached a trial: " + victim.communicate()[0])
+            if ready():
+                return
+        except KeyError:  # the study is not there yet
+            pass
+        time.sleep(0.3)
+    victim.kill()
+    pytest.fail(f"the first worker never reached {what}: " + victim.communicate()[0])
+
+
+def kill(victim: subprocess.Popen) -> None:
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
+
+
+@pytest.mark.parametrize("journal", [False, True], ids=["postgresql", "journal"])
+def test_a_worker_killed_mid_trial_and_the_study_still_completes(services, data_dir, tmp_path,
+                                                                  journal):
+    bench = Bench(services, data_dir, tmp_path, trials=4, epochs=6, journal=journal)
+    victim = bench.start()
+    wait_until(bench, victim, lambda: any(t.state == TrialState.RUNNING and t.intermediate_values
+                                          for t in bench.study().trials), "a trial")
+    kill(victim)
     out = wait(bench.start("--workers", "2"))
     study = bench.study()
     states = [t.state for t in study.trials]
     assert len(finished(study)) == 4, states
-    assert TrialState.RUNNING not in states and TrialState.FAIL in states  # the dead one
+    assert states.count(TrialState.FAIL) == 1 and TrialState.RUNNING not in states  # the dead
     assert any("retry_of" in t.user_attrs or "retry_history" in t.system_attrs
                for t in study.trials)  # its parameters were tried again
     cells = bench.runs("cell")
@@ -162,16 +188,68 @@ def test_a_worker_killed_mid_trial_and_the_study_still_completes(services, data_
     assert "tags.error" not in cells or cells["tags.error"].isna().all()
     trials = bench.runs("trial")
     assert "RUNNING" not in set(trials["status"])  # the killed trial's run was ended too
+    assert "Traceback" not in out, out
 
 
-def test_two_workers_race_for_one_final_run(services, data_dir, tmp_path):
-    bench = Bench(services, data_dir, tmp_path, trials=0)
-    first, second = bench.start(), bench.start()
-    wait(first), wait(second)
+@pytest.mark.parametrize("journal", [False, True], ids=["postgresql", "journal"])
+def test_a_worker_killed_mid_final_fit_is_taken_over_once(services, data_dir, tmp_path,
+                                                          journal):
+    bench = Bench(services, data_dir, tmp_path, trials=0, epochs=30, journal=journal, seeds=2)
+    victim = bench.start()
+    wait_until(bench, victim, lambda: "RUNNING" in set(bench.runs("repetition")["status"]),
+               "a final fit")
+    kill(victim)
+    out = wait(bench.start("--workers", "2"))
+    assert "finished in" in out and "2 of 2 repetitions learned" in out, out
     cells = bench.runs("cell")
-    assert list(cells["status"]) == ["FINISHED"]
+    assert list(cells["status"]) == ["FINISHED"] and "died" in cells["tags.previous_error"][0]
+    reps = bench.runs("repetition")
+    finished_reps = reps[reps["status"] == "FINISHED"]
+    # exactly one FINISHED run per repetition; the killed one ended FAILED, with the reason
+    assert sorted(finished_reps["tags.repetition"].astype(int)) == [0, 1]
+    killed = reps[reps["status"] == "FAILED"]
+    assert len(killed) == 1 and "died" in killed["tags.error"].iloc[0]
+    assert "RUNNING" not in set(reps["status"])
+
+
+@pytest.mark.parametrize("journal", [False, True], ids=["postgresql", "journal"])
+def test_two_workers_race_for_one_final_run(services, data_dir, tmp_path, journal):
+    bench = Bench(services, data_dir, tmp_path, trials=0, journal=journal)
+    first, second = bench.start(), bench.start()
+    outs = wait(first) + wait(second)
+    cells = bench.runs("cell")
+    assert list(cells["status"]) == ["FINISHED"], outs
+    reps = bench.runs("repetition")
+    assert list(reps["status"]) == ["FINISHED"], outs  # trained once, by one of them
     again = wait(bench.start())  # a complete benchmark trains nothing
     assert "skipped" in again and len(bench.runs("cell")) == 1
+    if journal:
+        assert bench.study_names() == []  # untuned: no study, and never a lock's
+
+
+HOLD = ("import sys, time\nfrom studies.locks import open_locks\n"
+        "held = open_locks(sys.argv[1]).hold('cell abc')\nprint('held', flush=True)\n"
+        "time.sleep(600)\n")
+
+
+def test_a_killed_holders_advisory_lock_is_released_by_postgresql(services):
+    from studies.locks import open_locks
+
+    os.environ["PGPASSFILE"] = services["PGPASSFILE"]
+    url = services["TAILBENCH_STORAGE"]
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, url], stdout=subprocess.PIPE,
+                              text=True, cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert open_locks(url).try_hold("cell abc") is None  # held on another connection
+        assert open_locks(url).try_hold("cell other") is not None
+    finally:
+        kill(holder)
+    deadline = time.monotonic() + 30  # the server sees the connection close, and lets go
+    while (held := open_locks(url).try_hold("cell abc")) is None:
+        assert time.monotonic() < deadline, "the dead holder's advisory lock was never freed"
+        time.sleep(0.2)
+    held.release()
 
 
 @pytest.mark.parametrize("flag, uri, says", [

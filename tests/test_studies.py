@@ -19,7 +19,7 @@ from studies import objective as objective_mod
 from studies.dashboard import dashboard_command
 from studies.objective import tuning_data
 from studies.space import SPACE, Param, check_space, searched, starting_point, suggest
-from studies.storage import open_storage, storage_url
+from studies.storage import open_studies, storage_url
 from studies.summary import StudySummary, TrialRecord
 from studies.tune import TuneOptions, default_pruner, study_name, tune_cell
 from tracking.store import Store
@@ -131,7 +131,7 @@ def test_two_cell_study_nests_trials_marks_pruned_and_records_best(tmp_path, dat
         assert expected | ({"optuna/lr_sigma.png"} if cell.oversamples else set()) <= pngs
         assert ("optuna/lr_sigma.png" in pngs) == cell.oversamples
         study = optuna.load_study(study_name=study_name(cell),
-                                  storage=open_storage(tuning.storage))
+                                  storage=open_studies(tuning.storage))
         assert [t.user_attrs["mlflow_run_id"] for t in study.trials] == [
             t.info.run_id for t in mine]
     # 3 trials per cell, each oversampler built on the training part alone: balanced 200 - 20
@@ -229,17 +229,17 @@ def test_storage_paths_journal_folder_sqlite_and_dashboard(tmp_path, monkeypatch
     monkeypatch.setenv("TAILBENCH_STORAGE", "sqlite:///shared/optuna.db")  # make services
     assert storage_url(None) == "sqlite:///shared/optuna.db"
     with pytest.raises(ValueError, match="cannot be opened.*server is up"):
-        open_storage("postgresql://nobody:pw@127.0.0.1:1/optuna")  # nothing listens on port 1
+        open_studies("postgresql://nobody:pw@127.0.0.1:1/optuna")  # nothing listens on port 1
     with pytest.raises(ValueError, match="is a folder"):
         storage_url(tmp_path)
     journal = tmp_path / "deep" / "er" / "o.journal"
     with pytest.raises(UserError, match="no Optuna journal"):
         dashboard_command(journal)
-    optuna.create_study(storage=open_storage(journal), study_name="s")  # creates the folders
+    optuna.create_study(storage=open_studies(journal), study_name="s")  # creates the folders
     cmd = dashboard_command(journal, port=8123)
     assert cmd[0].endswith("optuna-dashboard") and cmd[1:3] == [str(journal), "--port"]
     db = tmp_path / "db" / "o.db"
-    optuna.create_study(storage=open_storage(f"sqlite:///{db}"), study_name="s")
+    optuna.create_study(storage=open_studies(f"sqlite:///{db}"), study_name="s")
     with pytest.raises(ValueError, match="SQLite database"):
         storage_url(db)  # a database passed as a journal path
     with pytest.raises(ValueError, match="unknown scheme") as e:

@@ -2,10 +2,14 @@
 the report. The only package that imports mlflow."""
 
 import logging
+import os
 
 
 def quiet_logs() -> None:
     """MLflow's database messages ("Creating initial MLflow database tables...") and
-    alembic's migrations off, at a first run's store creation and on every open."""
+    alembic's migrations off, at a first run's store creation and on every open; and the two
+    "View run ... at: http://..." lines MLflow prints for every run a server ends (a user who
+    sets the variable to false gets them back)."""
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)

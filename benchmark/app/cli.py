@@ -134,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.app.workers import WorkerPlan, spawn, work
     from benchmark.cells import expand
     from benchmark.train import resolve_device
-    from studies import open_storage
+    from studies import open_studies
     from tracking.store import Store
 
     filters = {"model": args.model, "variant": args.variant, "augment": args.augment}
@@ -142,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not entries:
         raise UserError(f"no cell of grid {args.grid!r} matches {filters}")
     device = resolve_device(args.device)
-    open_storage(args.storage)  # a malformed or unreachable Optuna storage fails here
+    open_studies(args.storage)  # a malformed or unreachable Optuna storage fails here
     source, why = resolve_name(args.dataset, Path(args.data_dir or default_data_dir()))
     store = Store(args.tracking_uri, f"tailbench/{source}/{args.profile}")  # and the tracking
     invocation = Invocation(uuid.uuid4().hex[:12], args.force,

@@ -38,8 +38,8 @@ from benchmark.train import (
     final_train_balanced_acc,
     fit,
 )
-from studies import TuneOptions, open_storage, tune_cell
-from studies.claims import published_run, try_claim
+from studies import TuneOptions, open_studies, tune_cell
+from studies.locks import Locks, open_locks
 from tracking import results
 from tracking.artifacts import write_cell_summary, write_repetition_artifacts
 from tracking.store import Store, git_commit, tag_json
@@ -269,36 +269,45 @@ def run_grid(entries: list[GridEntry], data: Dataset, store: Store, *, device: t
              invocation: Invocation | None = None, progress: bool = False,
              tuning: TuneOptions | None = None) -> list[Outcome]:
     """Every cell as a top-level run, tagged with this invocation. Cells whose repetitions all
-    have an outcome are skipped (unless `force`, which starts a new cell run); a failing cell
-    is recorded FAILED and the next one runs; Ctrl-C ends the current runs KILLED and stops.
-    Several workers (processes, machines) can run the same grid at once on shared stores:
-    each cell's final training is claimed by one of them, the others help with its Optuna
-    trials and move on."""
+    have an outcome are skipped (unless `force`, which starts a new cell run once per
+    invocation); a failing cell is recorded FAILED and the next one runs; Ctrl-C ends the
+    current runs KILLED and stops. Several workers (processes, machines) can run the same
+    grid at once on shared stores: the final fits of a cell are trained by the worker that
+    holds the cell's lock, the others help with its Optuna trials and move on."""
     tuning = tuning or TuneOptions()
-    storage = open_storage(tuning.storage)
+    open_studies(tuning.storage)  # created before any worker asks for a study in it
+    locks = open_locks(tuning.storage)
     invocation = invocation or Invocation()
     store.start_invocation(invocation.id)
-    # --force re-runs finished cells once per invocation: its claims get names of their own
-    suffix = f" force {invocation.id}" if invocation.force else ""
     outcomes: list[Outcome] = []
     console = Console()
     for i, entry in enumerate(tqdm(entries, desc="cells", unit="cell", disable=not progress,
                                    leave=False), 1):
         say = console.cell(i, len(entries), entry.cell.name)
-        outcomes.append(_run_entry(entry.cell, data, store, storage, suffix, say,
-                                   device=device, force=invocation.force, progress=progress,
-                                   tuning=tuning, tags=invocation.tags(i, entry.reference)))
+        outcomes.append(_run_entry(entry.cell, data, store, locks, invocation, say,
+                                   device=device, progress=progress, tuning=tuning,
+                                   tags=invocation.tags(i, entry.reference)))
     return outcomes
 
 
 STATUSES = ("finished", "skipped", "failed", "helped", "elsewhere")
 LOST_TRIAL = "its worker died in the middle of this trial"
 LOST_WORKER = "its worker died before the run ended"
+HELP_WAIT_S = 30  # how long a worker waits for the cell's owner to open its run
 
 
-def _missing(store: Store, cell: Cell, force: bool):
+def _cell_run(store: Store, cell: Cell, invocation: Invocation):
+    """The cell's run a worker adds to: its latest, or with --force the one this invocation
+    started (None before that)."""
+    run = store.latest_cell_run(cell.key)
+    if run and invocation.force and run.data.tags.get("invocation") != invocation.id:
+        return None
+    return run
+
+
+def _missing(store: Store, cell: Cell, invocation: Invocation):
     """(the cell run to add to, or None for a new one; the repetitions it still needs)."""
-    cell_run = None if force else store.latest_cell_run(cell.key)
+    cell_run = _cell_run(store, cell, invocation)
     if cell_run is None:
         return None, list(range(cell.seeds))
     done = {int(r.data.tags["repetition"]) for r in store.children(cell_run.info.run_id,
@@ -307,46 +316,47 @@ def _missing(store: Store, cell: Cell, force: bool):
     return cell_run, [r for r in range(cell.seeds) if r not in done]
 
 
-def _run_entry(cell: Cell, data: Dataset, store: Store, storage, suffix: str, say, *,
-               device: torch.device, force: bool, progress: bool, tuning: TuneOptions,
+def _run_entry(cell: Cell, data: Dataset, store: Store, locks: Locks, invocation: Invocation,
+               say, *, device: torch.device, progress: bool, tuning: TuneOptions,
                tags: dict) -> Outcome:
-    cell_run, missing = _missing(store, cell, force)
+    cell_run, missing = _missing(store, cell, invocation)
     if not missing:
         store.run_log(cell_run.info.run_id).set_tags(tags)  # in this invocation's report
         say(f"skipped (all {cell.seeds} repetitions finished before)")
         return Outcome(cell, "skipped")
-    claim = try_claim(storage, _claim_name(cell) + suffix)
-    if claim is None:  # another live worker has this cell
-        return _help(cell, data, store, storage, suffix, say, device, tuning)
-    store.end_lost(claim.stale_runs, LOST_WORKER)
-    cell_run, missing = _missing(store, cell, force)  # its owner may have died after it
+    held = locks.try_hold(f"cell {cell.key}")
+    if held is None:  # another live worker trains this cell's final fits
+        return _help(cell, data, store, locks, invocation, say, device, tuning)
+    with held:  # released when this worker ends, or dies: the OS or the database sees to it
+        return _own(cell, data, store, invocation, say, device=device, progress=progress,
+                    tuning=tuning, tags=tags)
+
+
+def _own(cell: Cell, data: Dataset, store: Store, invocation: Invocation, say, *,
+         device: torch.device, progress: bool, tuning: TuneOptions, tags: dict) -> Outcome:
+    """Train the cell's missing repetitions, holding its lock."""
+    cell_run, missing = _missing(store, cell, invocation)  # its owner may have died after it
     if not missing:
-        claim.release(True)
         return Outcome(cell, "skipped")
     say(f"started: {cell.epochs} epochs" + (f", {cell.trials} trials" if cell.trials else "")
         + f", repetitions {_ranges(missing)} of {cell.seeds}")
     start = time.perf_counter()
+    reopen = cell_run.info.run_id if cell_run else None
+    if reopen:  # nobody else holds the lock: what is RUNNING there, a dead worker left
+        store.end_lost([reopen, *(r.info.run_id for r in store.children(reopen, "repetition"))],
+                       LOST_WORKER)
     try:
-        reopen = cell_run.info.run_id if cell_run else None
-        with store.cell_run(cell.name, {}, reopen=reopen) as run:
-            claim.publish(run.run_id)
-            if reopen:  # a dead worker's repetitions: we hold the claim, nobody runs them
-                store.end_lost([r.info.run_id for r in store.children(reopen, "repetition")],
-                               LOST_WORKER)
+        with store.cell_run(cell.name, {"cell_key": cell.key, "invocation": invocation.id},
+                            reopen=reopen) as run:
             _record_cell(run, cell, data, device, tags)
             run_cell(cell, data, run, device, missing, progress, tuning, say)
             learned, line = summarize_cell(store, run, cell, store.client.get_run(run.run_id))
             say(f"finished in {time.perf_counter() - start:.0f} s: {line}" if learned
                 else f"failed: {line}")
-    except KeyboardInterrupt:
-        claim.release(False)
-        raise
     except Exception as e:  # recorded FAILED on the run; the next cell still runs
-        claim.release(False)
         say(f"failed: {type(e).__name__}: {e}")
         return Outcome(cell, "failed", error=f"{type(e).__name__}: {e}",
                        seconds=time.perf_counter() - start, trained=len(missing))
-    claim.release(True)
     return Outcome(cell, "finished" if learned else "failed",
                    error="" if learned else line, seconds=time.perf_counter() - start,
                    trained=len(missing))
@@ -364,15 +374,26 @@ def _ranges(numbers: list[int]) -> str:
     return ", ".join(out)
 
 
-def _claim_name(cell: Cell) -> str:
-    return f"{cell.name} [{cell.key}]"  # the cell's whole key: its trial budget included
+def _owner_run(store: Store, cell: Cell, invocation: Invocation, locks: Locks) -> str | None:
+    """The run id of the cell's owner, once it has opened it (None if it is done first)."""
+    deadline = time.monotonic() + HELP_WAIT_S
+    while time.monotonic() < deadline:
+        run = _cell_run(store, cell, invocation)
+        if run and run.info.status == "RUNNING":
+            return run.info.run_id
+        free = locks.try_hold(f"cell {cell.key}")
+        if free:  # the owner is done (or died): nothing to help with now
+            free.release()
+            return None
+        time.sleep(1)
+    return None
 
 
-def _help(cell: Cell, data: Dataset, store: Store, storage, suffix: str, say,
+def _help(cell: Cell, data: Dataset, store: Store, locks: Locks, invocation: Invocation, say,
           device: torch.device, tuning: TuneOptions) -> Outcome:
-    """Run trials of a cell whose final training another worker owns, nested under its run."""
-    run_id = published_run(storage, _claim_name(cell) + suffix)
-    if not (cell.trials and run_id):
+    """Run trials of a cell whose final fits another worker trains, nested under its run."""
+    run_id = _owner_run(store, cell, invocation, locks) if cell.trials else None
+    if not run_id:
         say("another worker has it")
         return Outcome(cell, "elsewhere")
     say("another worker has it; helping with its trials")
