@@ -8,7 +8,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 class Recorder(Protocol):
@@ -27,7 +31,8 @@ class Recorder(Protocol):
 
     def log_artifacts(self, folder: Path, path: str | None = None) -> None: ...
 
-    def log_state_dict(self, state_dict: dict, name: str = "model") -> None: ...
+    def log_model(self, model: nn.Module, example: torch.Tensor,
+                  tags: dict[str, object]) -> None: ...
 
     def end(self, status: str) -> None: ...
 
@@ -63,7 +68,8 @@ class NullRunLog:
     def log_artifacts(self, folder: Path, path: str | None = None) -> None:
         pass
 
-    def log_state_dict(self, state_dict: dict, name: str = "model") -> None:
+    def log_model(self, model: nn.Module, example: torch.Tensor,
+                  tags: dict[str, object]) -> None:
         pass
 
     def end(self, status: str) -> None:

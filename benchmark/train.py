@@ -98,6 +98,19 @@ def make_batch(x: torch.Tensor, synthetic: torch.Tensor, augment: NoAugment,
     return _like_model(augment.apply(_to_float(x), synthetic, gen), model)
 
 
+class RawImages(nn.Module):
+    """A trained network as `evaluate` runs it: uint8 images (N, 3, 32, 32) in, logits out,
+    the scaling to [0, 1] and the memory format inside. What a repetition logs as its model,
+    so a user feeds it stored images as they are."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(_like_model(_to_float(x), self.net))
+
+
 def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, data: Split,
                     batch_size: int, gen: torch.Generator, augment: NoAugment,
                     progress: bool = False) -> dict[str, float]:

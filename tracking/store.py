@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag  # noq
 from mlflow.exceptions import MlflowException  # noqa: E402
 
 from benchmark.errors import UserError  # noqa: E402
+from tracking.models import log_model  # noqa: E402
 
 DEFAULT_URI = "sqlite:///runs/mlflow.db"
 KIND = "tailbench_kind"  # tag: "cell" (top level), "repetition" or "trial" (nested under it)
@@ -94,12 +94,9 @@ class RunLog:
     def log_artifacts(self, folder: Path, path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(folder), path)
 
-    def log_state_dict(self, state_dict: dict, name: str = "model") -> None:
-        import torch
-
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save(state_dict, Path(tmp) / "state_dict.pt")
-            self.client.log_artifacts(self.run_id, tmp, name)
+    def log_model(self, model, example, tags: dict[str, object]) -> None:
+        """The run's logged model (tracking/models.py), linked to its step-0 metrics."""
+        log_model(self.client, self.run_id, model, example, tags)
 
     def end(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status=status, end_time=_now())

@@ -10,7 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
-from benchmark.app import perf
+from benchmark.app import perf, register
 from benchmark.app.console import Console, quiet_libraries
 from benchmark.data import SOURCES, default_data_dir, resolve_name
 from benchmark.errors import UserError
@@ -238,11 +238,12 @@ def parser() -> argparse.ArgumentParser:
     _run_parser(sub)
     _report_parser(sub)
     perf.add_parser(sub)
+    register.add_parser(sub)
     return p
 
 
 COMMANDS = {"train": cmd_train, "run": cmd_run, "report": cmd_report, "results": cmd_report,
-            "perf": perf.run}
+            "perf": perf.run, "register": register.run}
 
 
 def main(argv: list[str] | None = None) -> int:

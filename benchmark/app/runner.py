@@ -31,6 +31,7 @@ from benchmark.stats import summarize
 from benchmark.train import (
     COLLAPSE_CHANCE_MULTIPLE,
     Diverged,
+    RawImages,
     Split,
     build_model,
     did_not_learn,
@@ -216,7 +217,10 @@ def run_repetition(cell: Cell, candidates: list[Cell], data: Dataset, run: Recor
     run.log_metrics({"final_train_acc": history[-1]["train_acc"] if history else 0.0,
                      "final_test_acc": final["acc"], "final_test_loss": final["loss"],
                      **m.scalars})
-    run.log_state_dict(model.state_dict())
+    # the network as evaluated (uint8 images in), a logged model linked to the metrics above
+    run.log_model(RawImages(model), prep.test.x[:2], {
+        "cell_key": cell.key, "cell_name": cell.name, "repetition": repetition,
+        "dataset": data.source, "input": "uint8 images (N, 3, 32, 32), as stored"})
     run.set_tags({"outcome": results.OK})
     return True
 

@@ -1,7 +1,8 @@
 """Workers: the processes that run a grid's cells. One worker runs in the command's own
 process; several are started with multiprocessing (spawn) and handed their options as data,
-a WorkerPlan, never as a command line to parse again. They share the stores: each cell's
-final training is claimed by one of them, the others help with its trials."""
+a WorkerPlan, never as a command line to parse again. They share the stores: the worker
+holding a cell's lock trains its final fits, the others help with its trials
+(benchmark/app/runner.py, studies/locks.py)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,73 @@
+"""Logged models: each repetition's network as an MLflow 3 logged model, and the registry.
+
+A repetition's model is `benchmark.train.RawImages` around the trained network: it takes
+uint8 images (N, 3, 32, 32), as CIFAR-10 stores them, and returns the 10 logits, so loading
+it needs no tailbench code. It is saved with `torch.export` (`serialization_format="pt2"`,
+no pickle: loading it runs no code from the file), with a signature and an input example of
+two test images, on the CPU in fp32, and linked to the repetition's test metrics (the
+metrics logged at step 0 before it). The cnn, the rnn and ResNet-50 all export.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import warnings
+
+import mlflow
+import torch
+from mlflow import MlflowClient
+from mlflow.models import infer_signature
+
+from benchmark.errors import UserError
+
+FORMAT = "pt2"
+TORCH_REQUIREMENT = f"torch=={torch.__version__.split('+')[0]}"
+
+
+def log_model(client: MlflowClient, run_id: str, model: torch.nn.Module, example: torch.Tensor,
+              tags: dict[str, object]) -> str:
+    """Log `model` (fed `example`, a few uint8 images) as the run's logged model; its id."""
+    net = copy.deepcopy(model).cpu().eval()  # a GPU-trained model loads on any machine
+    x = example[:2].cpu()
+    with torch.inference_mode():
+        out = net(x)
+    mlflow.set_tracking_uri(client.tracking_uri)  # log_model reads the process's tracking URI
+    with warnings.catch_warnings():  # torch.export's packager, on weights that are on the CPU
+        warnings.filterwarnings("ignore", "No complete tensor found in the group")
+        info = _log(net, x, out, run_id, tags)
+    return info.model_id
+
+
+def _log(net: torch.nn.Module, x: torch.Tensor, out: torch.Tensor, run_id: str, tags: dict):
+    return mlflow.pytorch.log_model(
+        net, name="model", run_id=run_id, serialization_format=FORMAT,
+        signature=infer_signature(x.numpy(), out.numpy()), input_example=x.numpy(),
+        tags={k: str(v) for k, v in tags.items()},
+        pip_requirements=[TORCH_REQUIREMENT],  # not inferred: that loads the model once more
+        validate_serving_input=False)  # the test suite loads it back and checks its accuracy
+
+
+class RegistryError(UserError, LookupError):
+    """The cell or repetition asked for has no logged model."""
+
+
+def registered_name(cell_name: str) -> str:
+    """"cnn · long-tail · flip+noise" -> "tailbench-cnn-long-tail-flip-noise"."""
+    return "tailbench-" + re.sub(r"[^A-Za-z0-9]+", "-", cell_name).strip("-").lower()
+
+
+def model_of(client: MlflowClient, repetition_run) -> str:
+    """The id of the logged model a repetition run output."""
+    outputs = repetition_run.outputs.model_outputs if repetition_run.outputs else []
+    if not outputs:
+        raise RegistryError(f"repetition run {repetition_run.info.run_id} logged no model "
+                            "(trained before tailbench logged models, or did not learn)")
+    return outputs[-1].model_id
+
+
+def register(client: MlflowClient, model_id: str, name: str, tags: dict[str, object]):
+    """A new version of registered model `name` from the logged model; the ModelVersion."""
+    mlflow.set_tracking_uri(client.tracking_uri)
+    return mlflow.register_model(f"models:/{model_id}", name,
+                                 tags={k: str(v) for k, v in tags.items()})
