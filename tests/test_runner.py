@@ -12,7 +12,7 @@ import torch
 from conftest import learnable_dataset
 from torch import nn
 
-from benchmark.app import runner
+from benchmark.app import repetitions, runner
 from benchmark.app.cli import main
 from benchmark.cells import Cell, GridEntry
 from benchmark.models import MODELS
@@ -110,8 +110,8 @@ def test_a_rerun_trains_only_missing_repetitions_and_force_starts_a_new_cell_run
     run(store, data, cells=CELLS[:1])
     first = cell_runs(store).iloc[0]
     trained = []
-    real_fit = runner.fit
-    monkeypatch.setattr(runner, "fit", lambda *a, **k: trained.append(k["seed"]) or
+    real_fit = repetitions.fit
+    monkeypatch.setattr(repetitions, "fit", lambda *a, **k: trained.append(k["seed"]) or
                         real_fit(*a, **k))
     assert [o.status for o in run(store, data, cells=CELLS[:1])] == ["skipped"]
     assert not trained
@@ -134,14 +134,14 @@ def test_a_rerun_trains_only_missing_repetitions_and_force_starts_a_new_cell_run
 
 def test_a_failing_cell_is_failed_with_its_error_and_the_next_still_runs(store, data,
                                                                          monkeypatch):
-    real = runner.build_model
+    real = repetitions.build_model
 
     def broken(name, *a, **k):
         if name == "rnn":
             raise RuntimeError("out of memory on purpose")
         return real(name, *a, **k)
 
-    monkeypatch.setattr(runner, "build_model", broken)
+    monkeypatch.setattr(repetitions, "build_model", broken)
     cells = [dataclasses.replace(CELLS[0], model="rnn", epochs=1), CELLS[1]]
     outcomes = run(store, data, cells=cells)
     assert [o.status for o in outcomes] == ["failed", "finished"]
@@ -168,7 +168,7 @@ def test_ctrl_c_ends_the_cell_killed_and_stops(store, data, monkeypatch):
     def interrupt(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "fit", interrupt)
+    monkeypatch.setattr(repetitions, "fit", interrupt)
     with pytest.raises(KeyboardInterrupt):
         run(store, data)
     runs = cell_runs(store)
@@ -263,14 +263,14 @@ def test_a_diverging_final_fit_falls_back_to_the_runner_up(store, data, monkeypa
     cell = dataclasses.replace(CELLS[0], seeds=1)
     ranked = [dataclasses.replace(cell, lr=99.0), dataclasses.replace(cell, lr=0.05)]
     monkeypatch.setattr(runner, "_tune", lambda *a, **k: ranked)
-    real_fit = runner.fit
+    real_fit = repetitions.fit
 
     def fit(*args, lr, **kw):
         if lr == 99.0:
             raise Diverged(1, float("nan"))
         return real_fit(*args, lr=lr, **kw)
 
-    monkeypatch.setattr(runner, "fit", fit)
+    monkeypatch.setattr(repetitions, "fit", fit)
     assert [o.status for o in run(store, data, cells=[cell])] == ["finished"]
     row = runs_of(store, "repetition").iloc[0]
     assert row["params.final_lr"] == "0.05" and row["params.final_attempt"] == "2"
