@@ -17,6 +17,7 @@ import torch
 from conftest import CIFAR_CLASSES, dump_batch, idx_bytes, write_cifar, write_fashion
 
 from benchmark.data import SOURCES, DataError, cifar10, fashion_mnist, load_dataset
+from benchmark.data.sources import CLASS_COUNTS
 
 # The fixtures' files are not the official ones, so the loaders warn; tests of that warning
 # catch it themselves.
@@ -411,6 +412,7 @@ def test_every_source_loads_its_fixture_as_a_valid_dataset(name, cifar_dir, fash
     assert name in folder, f"add a fixture folder for source {name!r}"
     data = load_dataset(name, folder[name], download=False)
     assert data.source == name and data.num_classes == 10 and len(data.train_y) > 0
+    assert CLASS_COUNTS[name] == data.num_classes  # what a Cell checks its tail classes against
 
 
 def test_data_dir_defaults_to_tailbench_data(cifar_dir, monkeypatch):

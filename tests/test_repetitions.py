@@ -3,16 +3,20 @@ validation split, the initial weights, the batch order and the oversampling draw
 images stay the same. Checked on the real data path (cut, prepare, fit's generator)."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
-from conftest import learnable_dataset
+from conftest import CIFAR_CLASSES, learnable_dataset
 
 from benchmark.app import repetitions, runner
-from benchmark.cells import Cell
+from benchmark.cells import Cell, GridEntry
+from benchmark.metrics import class_metric_names
 from benchmark.train import build_model
 from studies import TuneOptions
 from studies.objective import tuning_data
+from tracking.results import load_results
+from tracking.store import Store
 
 CPU = torch.device("cpu")
 CELL = Cell("cnn", "long-tail", "flip+noise", epochs=1, batch_size=16, train_limit=300,
@@ -95,3 +99,28 @@ def test_weights_batch_order_and_oversampling_draws_follow_the_repetition(data, 
     orders = [torch.randperm(100, generator=torch.Generator().manual_seed(s))
               for s in expected[:2]]
     assert not torch.equal(*orders)
+
+
+def test_the_tail_is_the_cells_tail_classes(tmp_path):
+    """A cell with tail_classes (7, 9), run by the runner on a real store: the cut keeps one
+    image of horse and truck each (4% of 25) and all of the others, and its head/tail
+    accuracy pool classes 0-6, 8 and classes 7, 9, as its param and results column say."""
+    cell = Cell("cnn", "long-tail", "none", epochs=2, batch_size=8, lr=0.05, dataset="synthetic",
+                profile="quick", tail_fraction=0.04, tail_classes=(7, 9))
+    data = learnable_dataset(250, 60, seed=1)  # 25 training and 6 test images a class
+    store = Store(f"sqlite:///{tmp_path}/mlflow.db", "tailbench/synthetic/tail")
+    [outcome] = runner.run_grid([GridEntry(cell, {})], data, store, device=CPU,
+                                tuning=TuneOptions(str(tmp_path / "optuna.journal")))
+    assert outcome.status == "finished"
+    [row] = load_results(store).to_dict("records")
+    assert row["outcome"] == "ok" and row["tail_classes"] == "[7, 9]"
+    cell_run = store.client.get_run(row["cell_run_id"]).data
+    assert cell_run.params["tail_classes"] == "[7, 9]" and "tail_classes" not in cell_run.tags
+    counts = json.loads(store.client.get_run(row["run_id"]).data.tags["class_counts"])
+    assert [counts[c] for c in CIFAR_CLASSES] == [25] * 7 + [1, 25, 1]
+    acc = [row[n] for n in class_metric_names(CIFAR_CLASSES)]  # 6 test images each: pooled
+    tail, head = [acc[c] for c in (7, 9)], [a for c, a in enumerate(acc) if c not in (7, 9)]
+    assert row["tail_acc"] == pytest.approx(sum(tail) / 2)
+    assert row["head_acc"] == pytest.approx(sum(head) / 8)
+    # the check means something: the reference's tail (0-4) would have scored otherwise
+    assert row["tail_acc"] != pytest.approx(sum(acc[:5]) / 5)

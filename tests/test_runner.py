@@ -17,6 +17,7 @@ from benchmark.app.cli import main
 from benchmark.cells import Cell, GridEntry
 from benchmark.models import MODELS
 from studies import TuneOptions
+from tracking import results
 from tracking.results import load_results, write_results
 from tracking.store import Store
 
@@ -75,6 +76,8 @@ def test_a_cell_is_a_top_level_run_with_its_repetitions_nested(store, data):
     cnn = cells[cells["tags.augment"] == "none"].iloc[0]
     assert cnn["tags.cell_key"] == CELLS[0].key and cnn["params.epochs"] == "2"
     assert cnn["tags.invocation"] and cnn["tags.seeds"] == "2" and "params.seeds" not in cnn
+    # the tail classes are a param of the cell (a Cell field), no longer a tag beside it
+    assert cnn["params.tail_classes"] == "[0, 1, 2, 3, 4]" and "tags.tail_classes" not in cnn
     assert cnn["metrics.repetitions"] == 2 and cnn["metrics.repetitions_ok"] == 2
     reps = runs_of(store, "repetition")
     mine = reps[reps["tags.mlflow.parentRunId"] == cnn["run_id"]].sort_values("tags.repetition")
@@ -229,6 +232,10 @@ def test_the_results_table_round_trips_through_parquet(store, data, tmp_path):
     assert row["seeds"] == 2 and row["epochs"] == 2 and row["lr"] == 0.05
     assert row["rep_seed"] == CELLS[0].repetition_seed(1) and row["outcome"] == "ok"
     assert row["status"] == "FINISHED" and 0 <= row["final_test_acc"] <= 1
+    assert list(df.columns).count("tail_classes") == 1  # one column: the Cell field's
+    assert row["tail_classes"] == "[0, 1, 2, 3, 4]" and row["classes"].startswith('["airplane"')
+    # a cell run from before tail_classes was a field (no param) trained with the reference's
+    assert results._typed("tail_classes", None) == "[0, 1, 2, 3, 4]"
     path = write_results(df, tmp_path / "out" / "results.parquet")
     back = pd.read_parquet(path)
     pd.testing.assert_frame_equal(back, df)

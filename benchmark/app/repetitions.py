@@ -19,7 +19,7 @@ import torch
 from benchmark.cells import Cell
 from benchmark.data import Dataset
 from benchmark.data.augment import NoAugment, make_augment
-from benchmark.data.variants import TAIL_CLASSES, class_counts, make_variant
+from benchmark.data.variants import class_counts, make_variant
 from benchmark.metrics import cell_metrics
 from benchmark.recording import Recorder
 from benchmark.stats import summarize
@@ -64,11 +64,12 @@ def cut(cell: Cell, data: Dataset, repetition: int = 0) -> Dataset:
         data = data.limit(test=cell.test_limit, seed=cell.seed)
     if cell.train_limit:
         data = data.limit(train=cell.train_limit, seed=seed)
-    return make_variant(data, cell.variant, seed, TAIL_CLASSES, cell.tail_fraction)
+    return make_variant(data, cell.variant, seed, tail_classes=cell.tail_classes,
+                        fraction=cell.tail_fraction)
 
 
 def _augment(cell: Cell, train: Split, num_classes: int) -> NoAugment:
-    return make_augment(cell.augment, train.y, tail_classes=TAIL_CLASSES, sigma=cell.sigma,
+    return make_augment(cell.augment, train.y, tail_classes=cell.tail_classes, sigma=cell.sigma,
                         num_classes=num_classes)
 
 
@@ -136,7 +137,7 @@ def run_repetition(cell: Cell, candidates: list[Cell], data: Dataset, run: Recor
     # the curves in one call, once a fit went through (a rejected attempt leaves none)
     run.log_curves([{k if k != "seconds" else "epoch_seconds": v for k, v in m.items()}
                     for m in history])
-    classes, tail = list(data.classes), list(TAIL_CLASSES)
+    classes, tail = list(data.classes), list(cell.tail_classes)
     m = cell_metrics(prep.test.y.cpu().numpy(), final["preds"].numpy(), classes, tail)
     with tempfile.TemporaryDirectory() as tmp:
         write_repetition_artifacts(Path(tmp), f"{cell.name} · repetition {repetition}",

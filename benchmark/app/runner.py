@@ -25,7 +25,6 @@ from benchmark.app.console import Console
 from benchmark.app.repetitions import cut, run_repetition, summarize_cell
 from benchmark.cells import REPETITION_FIELDS, Cell, GridEntry
 from benchmark.data import Dataset
-from benchmark.data.variants import TAIL_CLASSES
 from benchmark.recording import Recorder
 from benchmark.train import COLLAPSE_CHANCE_MULTIPLE
 from studies import TuneOptions, open_storage, tune_cell
@@ -65,14 +64,13 @@ class Invocation:
 def _record_cell(run: Recorder, cell: Cell, data: Dataset, device: torch.device,
                  tags: dict) -> None:
     """The cell run's params (every Cell field but the repetition count, which may grow: it
-    is a tag) and tags."""
+    is a tag; the tail classes among them) and tags."""
     run.log_params({k: v for k, v in cell.params().items() if k not in REPETITION_FIELDS})
     run.set_tags({"cell_key": cell.key, "cell_name": cell.name, "model": cell.model,
                   "variant": cell.variant, "augment": cell.augment, "dataset": data.source,
                   "profile": cell.profile, "seeds": cell.seeds, "device": str(device),
                   "torch_version": torch.__version__, "git_commit": git_commit(),
-                  "classes": tag_json(list(data.classes)),
-                  "tail_classes": tag_json(list(TAIL_CLASSES)), **tags})
+                  "classes": tag_json(list(data.classes)), **tags})
 
 
 def _tune(cell: Cell, data: Dataset, run: Recorder, device: torch.device,
