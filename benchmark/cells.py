@@ -8,18 +8,23 @@ import json
 import math
 import numbers
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from benchmark.data.augment import AUGMENTS
+from benchmark.data.sources import CLASS_COUNTS
 from benchmark.data.variants import VARIANTS
 from benchmark.errors import UserError
 from benchmark.models import MODELS
 
 GRID_DIR = Path(__file__).parent / "grids"
-KEY_LAYOUT = 2  # 2: a cell run holds repetitions; keys of layout 1 (one fit per run) differ
+PROFILES = GRID_DIR / "profiles.toml"
+# 2: a cell run holds repetitions (layout 1: one fit per run); 3: tail_classes is a field (in
+# layout 2 every cell's tail was classes 0-4): keys of another layout never match
+KEY_LAYOUT = 3
 REPETITION_FIELDS = {"seeds"}  # how many repetitions: not part of the cell's key
 
 
@@ -40,6 +45,9 @@ class Cell:
     batch_size: int = 1024  # images per SGD step
     lr: float = 0.01  # SGD learning rate; the starting point when tuned
     sigma: float = 0.05  # flip+noise noise std, in units of the [0, 1] pixel range
+    # the tail: the classes long-tail cuts, flip+noise oversamples and tail_acc scores; the
+    # reference's are the first five (CIFAR-10's airplane ... deer). Kept sorted.
+    tail_classes: tuple[int, ...] = (0, 1, 2, 3, 4)
     tail_fraction: float = 0.1  # share of each tail class's images that long-tail keeps
     train_limit: int = 0  # stratified subset of the training set before the cut; 0 = all
     test_limit: int = 0  # stratified subset of the test set; 0 = all
@@ -54,6 +62,7 @@ class Cell:
         float 1.0), so equal cells have equal keys."""
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _checked(f.name, f.type, getattr(self, f.name)))
+        _check_tail(self.tail_classes, self.dataset)
 
     @property
     def key(self) -> str:
@@ -83,7 +92,10 @@ class Cell:
         return self.augment != "none"
 
     def params(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
+        """Every field, as a run's params: a tuple as a list, which a param shows as its JSON
+        (`[0, 1, 2, 3, 4]`), read back by tracking.results."""
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
 
 
 CELL_FIELDS = {f.name: f for f in dataclasses.fields(Cell)}
@@ -104,10 +116,13 @@ RANGES = {  # field -> (whether a value is allowed, what the message says it mus
 }
 # a field's annotation -> (what it accepts, what it holds); numpy's numbers are Integral / Real
 _KINDS = {"str": (str, str), "int": (numbers.Integral, int), "float": (numbers.Real, float)}
+INT_TUPLE = "tuple[int, ...]"  # a set of class indices: a TOML array, a list or a tuple
 
 
 def _checked(name: str, annotation: object, value: object) -> object:
     """`value` as field `name` holds it, or a GridError naming the field and what it must be."""
+    if str(annotation) == INT_TUPLE:
+        return _int_tuple(name, value)
     if str(annotation) not in _KINDS:
         raise TypeError(f"Cell.{name} is a {annotation}, which _checked cannot check: add the "
                         "type to benchmark.cells._KINDS")
@@ -122,6 +137,38 @@ def _checked(name: str, annotation: object, value: object) -> object:
     if name in RANGES and not RANGES[name][0](value):
         raise GridError(f"{name} must be {RANGES[name][1]}, got {value!r}")
     return value
+
+
+def _int_tuple(name: str, value: object) -> tuple[int, ...]:
+    """Distinct ints (a TOML array, a list, a tuple, a numpy array) as a sorted tuple, so the
+    same classes in another order are the same cell with the same key."""
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
+        raise GridError(f"{name} must be a list of class indices, got {value!r}")
+    items = list(value)
+    if any(not isinstance(v, numbers.Integral) or isinstance(v, bool) for v in items):
+        raise GridError(f"{name} must be a list of int, got {value!r}")
+    items = [int(v) for v in items]
+    if not items:
+        raise GridError(f"{name} must not be empty")
+    twice = sorted({v for v in items if items.count(v) > 1})
+    if twice:
+        raise GridError(f"{name} lists {', '.join(map(str, twice))} more than once")
+    return tuple(sorted(items))
+
+
+def _check_tail(tail: tuple[int, ...], dataset: str) -> None:
+    """The tail classes are classes of the cell's dataset and leave it a head. A dataset not
+    yet resolved (`auto`) or not a source (one a test builds) is held to the most classes any
+    source has; the loaded data checks its own count again (make_variant)."""
+    n = CLASS_COUNTS.get(dataset, max(CLASS_COUNTS.values()))
+    of = dataset if dataset in CLASS_COUNTS else " or ".join(CLASS_COUNTS)
+    bad = [c for c in tail if not 0 <= c < n]
+    if bad:
+        raise GridError(f"tail_classes {', '.join(map(str, bad))} are not classes of {of} "
+                        f"(0..{n - 1})")
+    if len(tail) >= n:
+        raise GridError(f"tail_classes name all {n} classes of {of}: leave at least one head "
+                        "class")
 
 
 @dataclass(frozen=True)
@@ -176,7 +223,9 @@ def load_grid(name: str) -> list[GridEntry]:
     return entries
 
 
-def load_profile(name: str, path: Path = GRID_DIR / "profiles.toml") -> dict:
+def load_profile(name: str, path: Path | None = None) -> dict:
+    """A profile of benchmark/grids/profiles.toml (or of `path`), its fields named by Cell."""
+    path = path or PROFILES
     profiles = _read_toml(path)
     if name not in profiles:
         raise GridError(f"{path}: unknown profile {name!r}; choose one of {', '.join(profiles)}")
@@ -208,7 +257,10 @@ def expand(grid: str, profile: str, dataset: str, filters: dict[str, list[str]] 
     prof = load_profile(profile)
     out = []
     for entry in load_grid(grid):
-        cell = apply_profile(entry.cell, profile, prof)
+        try:
+            cell = apply_profile(entry.cell, profile, prof)
+        except GridError as e:  # a profile's value, checked by the cell it scales
+            raise GridError(f"{PROFILES}: [{profile}]: {e}") from None
         cell = dataclasses.replace(cell, dataset=dataset, **(overrides or {}))
         if all(getattr(cell, k) in v for k, v in (filters or {}).items() if v):
             out.append(GridEntry(cell, entry.reference))

@@ -27,7 +27,6 @@ from benchmark.cells import Cell
 from benchmark.data import Dataset
 from benchmark.data.augment import make_augment
 from benchmark.data.sampling import stratified_split
-from benchmark.data.variants import TAIL_CLASSES
 from benchmark.recording import Recorder
 from benchmark.train import Diverged, Split, build_model, fit
 from studies.space import SPACE, Param, suggest
@@ -81,7 +80,7 @@ class Objective:
         # the trial's cell: the searched fields replaced, so a new entry in the space reaches
         # training wherever training reads that Cell field
         cell, data = dataclasses.replace(self.cell, **params), self.data
-        augment = make_augment(cell.augment, data.train.y, tail_classes=TAIL_CLASSES,
+        augment = make_augment(cell.augment, data.train.y, tail_classes=cell.tail_classes,
                                sigma=cell.sigma, num_classes=data.num_classes)
         with _BUILD_LOCK:
             model = build_model(cell.model, data.num_classes, self.seed, self.device)

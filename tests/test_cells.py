@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from benchmark import cells
 from benchmark.cells import (
     CELL_FIELDS,
     RANGES,
@@ -16,13 +17,14 @@ from benchmark.cells import (
     load_grid,
     load_profile,
 )
+from benchmark.data.sources import CLASS_COUNTS
 from benchmark.models import MODELS
 
 # a valid value other than the test cell's, for every field (a new field must add one)
 OTHER = {"model": "rnn", "variant": "balanced", "augment": "flip+noise", "epochs": 6,
          "dataset": "cifar10", "profile": "quick", "batch_size": 64, "lr": 0.1, "sigma": 0.1,
-         "tail_fraction": 0.2, "train_limit": 100, "test_limit": 50, "trials": 3, "seed": 1,
-         "seeds": 3}
+         "tail_classes": (7, 9), "tail_fraction": 0.2, "train_limit": 100, "test_limit": 50,
+         "trials": 3, "seed": 1, "seeds": 3}
 
 
 def test_reference_grid_holds_the_six_reference_cells():
@@ -80,6 +82,17 @@ def test_keys_are_stable_and_change_with_every_field():
     ("seed", -1, "seed must be at least 0"),
     ("dataset", "", "dataset must not be empty"),
     ("profile", None, "profile must be str, got None"),
+    ("tail_classes", (), "tail_classes must not be empty"),
+    ("tail_classes", (1, 3, 1), "tail_classes lists 1 more than once"),
+    ("tail_classes", (0.5, 1), r"tail_classes must be a list of int, got \(0.5, 1\)"),
+    ("tail_classes", (True,), "tail_classes must be a list of int"),
+    ("tail_classes", "01234", "tail_classes must be a list of class indices, got '01234'"),
+    ("tail_classes", 3, "tail_classes must be a list of class indices, got 3"),
+    ("tail_classes", (-1, 2), r"tail_classes -1 are not classes of cifar10 or fashion-mnist "
+                              r"\(0..9\)"),
+    ("tail_classes", (3, 10, 11), "tail_classes 10, 11 are not classes"),
+    ("tail_classes", tuple(range(10)), "tail_classes name all 10 classes of cifar10 or "
+                                       "fashion-mnist: leave at least one head class"),
 ])
 def test_a_cell_made_in_code_checks_itself_naming_the_field(field, value, message):
     with pytest.raises(GridError, match=message):
@@ -87,6 +100,49 @@ def test_a_cell_made_in_code_checks_itself_naming_the_field(field, value, messag
                 field: value})
     with pytest.raises(GridError, match=message):  # dataclasses.replace checks again
         dataclasses.replace(Cell("cnn", "long-tail", "none", epochs=5), **{field: value})
+
+
+def test_tail_classes_are_part_of_the_key_and_one_set_in_any_order():
+    cell = Cell("cnn", "long-tail", "none", epochs=5)
+    assert cell.tail_classes == (0, 1, 2, 3, 4)  # the reference's tail: the first five
+    other = dataclasses.replace(cell, tail_classes=(7, 9))
+    assert other.key != cell.key  # differing only in the tail: two cells
+    # a TOML array, a results table's numpy array, another order: the same cell
+    for same in ([9, 7], (9, 7), np.array([9, 7], dtype=np.int64)):
+        again = dataclasses.replace(cell, tail_classes=same)
+        assert again == other and again.key == other.key
+        assert type(again.tail_classes) is tuple and type(again.tail_classes[0]) is int
+    assert other.params()["tail_classes"] == [7, 9]  # a run's param shows it as a JSON list
+
+
+def test_tail_classes_are_checked_against_the_cells_dataset(monkeypatch):
+    assert Cell("cnn", "long-tail", "none", epochs=1, dataset="cifar10",
+                tail_classes=(9,)).tail_classes == (9,)
+    with pytest.raises(GridError, match=r"tail_classes 10 are not classes of cifar10 \(0..9\)"):
+        Cell("cnn", "long-tail", "none", epochs=1, dataset="cifar10", tail_classes=(10,))
+    monkeypatch.setitem(CLASS_COUNTS, "tiny", 3)  # a source with three classes
+    with pytest.raises(GridError, match=r"tail_classes 3 are not classes of tiny \(0..2\)"):
+        Cell("cnn", "long-tail", "none", epochs=1, dataset="tiny", tail_classes=(0, 3))
+    with pytest.raises(GridError, match="name all 3 classes of tiny"):
+        Cell("cnn", "long-tail", "none", epochs=1, dataset="tiny", tail_classes=(0, 1, 2))
+    # resolving `auto` to a source checks the tail again (dataclasses.replace, as the CLI does)
+    auto = Cell("cnn", "long-tail", "none", epochs=1, tail_classes=(1, 3))
+    with pytest.raises(GridError, match="not classes of tiny"):
+        dataclasses.replace(auto, dataset="tiny")
+
+
+def test_tail_classes_come_from_a_grid_or_a_profile(tmp_path, monkeypatch):
+    grid = bad_grid(tmp_path, '[defaults]\ntail_classes = [9, 7]\n'
+                    '[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\naugment = "none"\nepochs = 1\n'
+                    '[[cell]]\nmodel = "rnn"\nvariant = "long-tail"\naugment = "none"\nepochs = 1\n'
+                    'tail_classes = [2]\n')
+    assert [e.cell.tail_classes for e in load_grid(grid)] == [(7, 9), (2,)]
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text('[mine]\ntail_classes = { cnn = [3, 4] }\n[bad]\ntail_classes = [0, 12]\n')
+    monkeypatch.setattr(cells, "PROFILES", profiles)
+    assert [e.cell.tail_classes for e in expand(grid, "mine", "auto")] == [(3, 4), (2,)]
+    with pytest.raises(GridError, match=r"profiles.toml: \[bad\]: tail_classes 12 are not "):
+        expand(grid, "bad", "auto")
 
 
 def test_every_range_is_of_a_cell_field():
@@ -163,6 +219,10 @@ def bad_grid(tmp_path, body):
      '[[cell]]\nmodel = "cnn"\nvariant = "balanced"\naugment = "none"\nepochs = 1\n'
      'tail_fraction = 2\n', r"\[\[cell\]\] #2: tail_fraction must be in \(0, 1\]"),
     ('[[cell]\nmodel = "cnn"', r"not valid TOML"),
+    ('[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\naugment = "none"\nepochs = 1\n'
+     'tail_classes = [0, 12]\n', r"\[\[cell\]\] #1: tail_classes 12 are not classes"),
+    ('[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\naugment = "none"\nepochs = 1\n'
+     'tail_classes = "0-4"\n', r"\[\[cell\]\] #1: tail_classes must be a list of class"),
 ])
 def test_bad_grid_file_is_refused_naming_file_and_field(tmp_path, body, message):
     path = bad_grid(tmp_path, body)

@@ -17,6 +17,8 @@ import torch
 from conftest import CIFAR_CLASSES, dump_batch, idx_bytes, write_cifar, write_fashion
 
 from benchmark.data import SOURCES, DataError, cifar10, fashion_mnist, load_dataset
+from benchmark.data.sources import CLASS_COUNTS
+from benchmark.errors import DataWarning
 
 # The fixtures' files are not the official ones, so the loaders warn; tests of that warning
 # catch it themselves.
@@ -62,7 +64,7 @@ def test_cifar10_accepts_bytes_and_str_keys(make_cifar, style):
 
 
 def test_cifar10_checksum_mismatch_loads_with_a_warning_and_digest(cifar_dir):
-    with pytest.warns(UserWarning, match="differ from the official CIFAR-10") as record:
+    with pytest.warns(DataWarning, match="differ from the official CIFAR-10") as record:
         data = cifar10.load(cifar_dir, download=False)
     message = str(record[0].message)
     assert all(name in message for name in CIFAR_FILES)
@@ -224,7 +226,7 @@ def _raw_images(folder: Path, stem: str) -> np.ndarray:
 def test_fashion_mnist_loads_and_pads_to_rgb32(tmp_path, monkeypatch, gz):
     monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", tmp_path / "no-system-copy")
     folder = write_fashion(tmp_path, gz=gz)
-    with pytest.warns(UserWarning, match="differ from the official Fashion-MNIST") as caught:
+    with pytest.warns(DataWarning, match="differ from the official Fashion-MNIST") as caught:
         data = fashion_mnist.load(tmp_path, download=False)
     assert len(caught) == 1 and f"digest {data.digest[:12]}" in str(caught[0].message)
     assert data.train_x.shape == (400, 3, 32, 32) and data.train_x.dtype == torch.uint8
@@ -411,6 +413,7 @@ def test_every_source_loads_its_fixture_as_a_valid_dataset(name, cifar_dir, fash
     assert name in folder, f"add a fixture folder for source {name!r}"
     data = load_dataset(name, folder[name], download=False)
     assert data.source == name and data.num_classes == 10 and len(data.train_y) > 0
+    assert CLASS_COUNTS[name] == data.num_classes  # what a Cell checks its tail classes against
 
 
 def test_data_dir_defaults_to_tailbench_data(cifar_dir, monkeypatch):

@@ -361,7 +361,7 @@ def test_heatmap_and_bars_use_the_repetitions_that_learned(monkeypatch):
     seen = {}
     monkeypatch.setattr(plots, "per_class_heatmap",
                         lambda labels, classes, values, title, tail: seen.update(
-                            labels=labels, values=values) or plots.Figure())
+                            labels=labels, values=values, tail=tail) or plots.Figure())
     monkeypatch.setattr(plots, "cell_accuracy_bars",
                         lambda cells, measured, reference, title, notes, errors: seen.update(
                             measured=measured, errors=errors) or plots.Figure())
@@ -375,6 +375,11 @@ def test_heatmap_and_bars_use_the_repetitions_that_learned(monkeypatch):
     assert np.isnan(seen["values"][3]).all()
     assert seen["measured"][:3] == pytest.approx([70.0, None, 50.0])
     assert seen["errors"][2] == pytest.approx(1.0) and seen["errors"][4] is None
+    assert seen["tail"] == TAIL  # the cells' tail_classes column, shared by all of them
+    other = results()
+    other.loc[other["cell_key"] == CNN_FN["key"], "tail_classes"] = json.dumps([7, 9])
+    report_module.heatmap_image(expected_cells(other, EXPECTED))
+    assert seen["tail"] == []  # cells with different tails: no one set of columns is marked
 
 
 def test_results_table():

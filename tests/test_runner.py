@@ -12,11 +12,12 @@ import torch
 from conftest import learnable_dataset
 from torch import nn
 
-from benchmark.app import runner
+from benchmark.app import repetitions, runner
 from benchmark.app.cli import main
 from benchmark.cells import Cell, GridEntry
 from benchmark.models import MODELS
 from studies import TuneOptions
+from tracking import results
 from tracking.results import load_results, write_results
 from tracking.store import Store
 
@@ -75,6 +76,8 @@ def test_a_cell_is_a_top_level_run_with_its_repetitions_nested(store, data):
     cnn = cells[cells["tags.augment"] == "none"].iloc[0]
     assert cnn["tags.cell_key"] == CELLS[0].key and cnn["params.epochs"] == "2"
     assert cnn["tags.invocation"] and cnn["tags.seeds"] == "2" and "params.seeds" not in cnn
+    # the tail classes are a param of the cell (a Cell field), no longer a tag beside it
+    assert cnn["params.tail_classes"] == "[0, 1, 2, 3, 4]" and "tags.tail_classes" not in cnn
     assert cnn["metrics.repetitions"] == 2 and cnn["metrics.repetitions_ok"] == 2
     reps = runs_of(store, "repetition")
     mine = reps[reps["tags.mlflow.parentRunId"] == cnn["run_id"]].sort_values("tags.repetition")
@@ -95,8 +98,8 @@ def test_a_cell_is_a_top_level_run_with_its_repetitions_nested(store, data):
     assert [m.step for m in client.get_metric_history(rep["run_id"], "test_acc")] == [1, 2]
     assert client.get_run(rep["run_id"]).inputs.dataset_inputs[0].dataset.digest == \
         ("ab" * 32)[:36]
-    assert {"model", "figures", "reports"} <= {a.path for a in client.list_artifacts(
-        rep["run_id"])}
+    assert {"figures", "reports"} <= {a.path for a in client.list_artifacts(rep["run_id"])}
+    assert len(client.get_run(rep["run_id"]).outputs.model_outputs) == 1  # its logged model
     figures = {a.path for a in client.list_artifacts(cnn["run_id"], "figures")}
     assert {"figures/mean_accuracy.png", "figures/mean_loss.png",
             "figures/per_class_accuracy_mean.png"} <= figures
@@ -110,8 +113,8 @@ def test_a_rerun_trains_only_missing_repetitions_and_force_starts_a_new_cell_run
     run(store, data, cells=CELLS[:1])
     first = cell_runs(store).iloc[0]
     trained = []
-    real_fit = runner.fit
-    monkeypatch.setattr(runner, "fit", lambda *a, **k: trained.append(k["seed"]) or
+    real_fit = repetitions.fit
+    monkeypatch.setattr(repetitions, "fit", lambda *a, **k: trained.append(k["seed"]) or
                         real_fit(*a, **k))
     assert [o.status for o in run(store, data, cells=CELLS[:1])] == ["skipped"]
     assert not trained
@@ -134,14 +137,14 @@ def test_a_rerun_trains_only_missing_repetitions_and_force_starts_a_new_cell_run
 
 def test_a_failing_cell_is_failed_with_its_error_and_the_next_still_runs(store, data,
                                                                          monkeypatch):
-    real = runner.build_model
+    real = repetitions.build_model
 
     def broken(name, *a, **k):
         if name == "rnn":
             raise RuntimeError("out of memory on purpose")
         return real(name, *a, **k)
 
-    monkeypatch.setattr(runner, "build_model", broken)
+    monkeypatch.setattr(repetitions, "build_model", broken)
     cells = [dataclasses.replace(CELLS[0], model="rnn", epochs=1), CELLS[1]]
     outcomes = run(store, data, cells=cells)
     assert [o.status for o in outcomes] == ["failed", "finished"]
@@ -168,7 +171,7 @@ def test_ctrl_c_ends_the_cell_killed_and_stops(store, data, monkeypatch):
     def interrupt(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "fit", interrupt)
+    monkeypatch.setattr(repetitions, "fit", interrupt)
     with pytest.raises(KeyboardInterrupt):
         run(store, data)
     runs = cell_runs(store)
@@ -229,6 +232,10 @@ def test_the_results_table_round_trips_through_parquet(store, data, tmp_path):
     assert row["seeds"] == 2 and row["epochs"] == 2 and row["lr"] == 0.05
     assert row["rep_seed"] == CELLS[0].repetition_seed(1) and row["outcome"] == "ok"
     assert row["status"] == "FINISHED" and 0 <= row["final_test_acc"] <= 1
+    assert list(df.columns).count("tail_classes") == 1  # one column: the Cell field's
+    assert row["tail_classes"] == "[0, 1, 2, 3, 4]" and row["classes"].startswith('["airplane"')
+    # a cell run from before tail_classes was a field (no param) trained with the reference's
+    assert results._typed("tail_classes", None) == "[0, 1, 2, 3, 4]"
     path = write_results(df, tmp_path / "out" / "results.parquet")
     back = pd.read_parquet(path)
     pd.testing.assert_frame_equal(back, df)
@@ -263,14 +270,14 @@ def test_a_diverging_final_fit_falls_back_to_the_runner_up(store, data, monkeypa
     cell = dataclasses.replace(CELLS[0], seeds=1)
     ranked = [dataclasses.replace(cell, lr=99.0), dataclasses.replace(cell, lr=0.05)]
     monkeypatch.setattr(runner, "_tune", lambda *a, **k: ranked)
-    real_fit = runner.fit
+    real_fit = repetitions.fit
 
     def fit(*args, lr, **kw):
         if lr == 99.0:
             raise Diverged(1, float("nan"))
         return real_fit(*args, lr=lr, **kw)
 
-    monkeypatch.setattr(runner, "fit", fit)
+    monkeypatch.setattr(repetitions, "fit", fit)
     assert [o.status for o in run(store, data, cells=[cell])] == ["finished"]
     row = runs_of(store, "repetition").iloc[0]
     assert row["params.final_lr"] == "0.05" and row["params.final_attempt"] == "2"

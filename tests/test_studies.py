@@ -72,7 +72,8 @@ def test_space_is_valid_cell_fields_and_sigma_is_searched_only_when_oversampling
 
 
 def test_validation_split_is_disjoint_from_training_and_stratified(data):
-    cut = make_variant(data, "long-tail", seed=0, fraction=0.2)
+    cut = make_variant(data, "long-tail", seed=0, tail_classes=OVERSAMPLED.tail_classes,
+                       fraction=0.2)
     split = tuning_data(cut, seed=0, device=CPU)
     assert len(split.train.y) + len(split.val.y) == len(cut.train_y)
     # learnable images carry random noise, so equal bytes would mean the same image

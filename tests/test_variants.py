@@ -34,19 +34,20 @@ def test_long_tail_counts_follow_the_reference_cut():
 
 def test_long_tail_is_seeded_and_parametrised():
     y = labels(100)
-    a, b = long_tail_indices(y, seed=3), long_tail_indices(y, seed=3)
+    a, b = (long_tail_indices(y, tail_classes=TAIL, fraction=0.1, seed=3) for _ in range(2))
     assert torch.equal(a, b)
-    assert not torch.equal(a, long_tail_indices(y, seed=4))
+    assert not torch.equal(a, long_tail_indices(y, tail_classes=TAIL, fraction=0.1, seed=4))
     idx = long_tail_indices(y, tail_classes=(7, 9), fraction=0.25, seed=0)
     assert class_counts(y[idx], 10) == [100] * 7 + [25, 100, 25]
 
 
 def test_variant_never_touches_the_test_set():
     data = dataset()
-    cut = make_variant(data, "long-tail", seed=1)
+    cut = make_variant(data, "long-tail", seed=1, tail_classes=TAIL, fraction=0.1)
     assert torch.equal(cut.test_x, data.test_x) and torch.equal(cut.test_y, data.test_y)
     assert len(cut.train_y) == 5 * 5 + 5 * 50
-    assert make_variant(data, "balanced").train_y.shape == data.train_y.shape
+    balanced = make_variant(data, "balanced", tail_classes=TAIL, fraction=0.1)
+    assert balanced.train_y.shape == data.train_y.shape
 
 
 # ---- every variant ---------------------------------------------------------------------------
@@ -73,16 +74,16 @@ def test_every_variant_selects_distinct_stored_images(name):
 @pytest.mark.parametrize("name", VARIANTS.names())
 def test_every_variant_is_determined_by_its_seed(name):
     data = dataset()
-    a, b = (make_variant(data, name, seed=7, fraction=0.3) for _ in range(2))
+    a, b = (make_variant(data, name, seed=7, tail_classes=TAIL, fraction=0.3) for _ in range(2))
     assert torch.equal(a.train_x, b.train_x) and torch.equal(a.train_y, b.train_y)
 
 
 def test_bad_variant_and_tail_classes_are_refused():
     with pytest.raises(ValueError, match="unknown variant 'lt'; choose one of balanced, "
                                          "long-tail"):
-        make_variant(dataset(), "lt")
+        make_variant(dataset(), "lt", tail_classes=TAIL, fraction=0.1)
     with pytest.raises(DataError, match=r"tail classes \[12\]"):
-        make_variant(dataset(), "long-tail", tail_classes=(12,))
+        make_variant(dataset(), "long-tail", tail_classes=(12,), fraction=0.1)
 
 
 def test_stratified_subset_keeps_proportions():
@@ -100,7 +101,7 @@ def test_stratified_split_is_disjoint_and_stratified():
 
 
 def test_flip_noise_balances_the_tail_and_stays_in_range():
-    y = labels(100)[long_tail_indices(labels(100), seed=0)]
+    y = _long_tail_labels()
     aug = FlipNoise(y, tail_classes=(0, 1, 2, 3, 4), sigma=0.2)
     assert aug.added == 5 * 90
     gen = torch.Generator().manual_seed(0)
@@ -116,8 +117,8 @@ def test_flip_noise_balances_the_tail_and_stays_in_range():
 
 
 def test_flip_noise_flips_about_half_without_noise():
-    y = labels(100)[long_tail_indices(labels(100), seed=0)]
-    aug = FlipNoise(y, sigma=0.0)
+    y = _long_tail_labels()
+    aug = FlipNoise(y, tail_classes=TAIL, sigma=0.0)
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(1000, 3, 32, 32)
     out = aug.apply(x.clone(), torch.ones(1000, dtype=torch.bool), gen)
@@ -127,8 +128,8 @@ def test_flip_noise_flips_about_half_without_noise():
 
 
 def test_flip_noise_is_reproducible_from_the_generator():
-    y = labels(100)[long_tail_indices(labels(100), seed=0)]
-    aug = FlipNoise(y, sigma=0.1)
+    y = _long_tail_labels()
+    aug = FlipNoise(y, tail_classes=TAIL, sigma=0.1)
     runs = []
     for _ in range(2):
         gen = torch.Generator().manual_seed(5)
@@ -139,7 +140,7 @@ def test_flip_noise_is_reproducible_from_the_generator():
 
 
 def test_oversampling_a_balanced_set_adds_nothing_and_says_so():
-    aug = make_augment("flip+noise", labels(100), sigma=0.05)
+    aug = make_augment("flip+noise", labels(100), tail_classes=TAIL, sigma=0.05)
     assert aug.added == 0 and "adds nothing" in aug.note
     plan = aug.plan(torch.Generator().manual_seed(0))
     assert len(plan.index) == 1000 and not plan.synthetic.any()
@@ -148,7 +149,9 @@ def test_oversampling_a_balanced_set_adds_nothing_and_says_so():
 # ---- every augmentation ----------------------------------------------------------------------
 
 def _long_tail_labels() -> torch.Tensor:
-    return labels(100)[long_tail_indices(labels(100), seed=0)]  # 10 a tail class, 100 a head
+    # 10 a tail class, 100 a head
+    return labels(100)[long_tail_indices(labels(100), tail_classes=TAIL, fraction=0.1,
+                                         seed=0)]
 
 
 @pytest.mark.parametrize("name", AUGMENTS.names())
@@ -194,5 +197,5 @@ def test_unknown_augment_and_negative_sigma_are_refused():
                                          r"flip\+noise"):
         make_augment("mixup", labels(10))
     with pytest.raises(DataError, match="sigma must be >= 0"):
-        make_augment("flip+noise", labels(10), sigma=-1.0)
+        make_augment("flip+noise", labels(10), tail_classes=TAIL, sigma=-1.0)
     assert isinstance(make_augment("none", labels(10)), NoAugment)

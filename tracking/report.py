@@ -109,15 +109,17 @@ def _json_list(value: object) -> list:
 
 
 def _classes(cells: list[CellResult]) -> tuple[list[str], list[int]]:
-    """The union of the measured cells' class lists, and the first cell's tail classes."""
-    classes, tail = [], None
+    """The union of the measured cells' class lists, and the tail classes they share (each
+    cell's `tail_classes` field); none when cells differ in their tail, where no one set of
+    columns is the tail of every row."""
+    classes, tails = [], set()
     for c in cells:
         if c.measured:
             for name in _json_list(c.first("classes")):
                 if name not in classes:
                     classes.append(name)
-            tail = tail or _json_list(c.first("tail_classes")) or None
-    return classes, tail or []
+            tails.add(tuple(_json_list(c.first("tail_classes"))))
+    return classes, list(tails.pop()) if len(tails) == 1 else []
 
 
 def heatmap_image(cells: list[CellResult]) -> Image | None:

@@ -2,8 +2,9 @@
 
 Every number that tailbench prints, reports or judges is computed from this table (pandas),
 and `tailbench results` writes it to `runs/results.parquet` for anyone's own analysis. A row
-holds every Cell field (from the cell run's params), the repetition, its seed, its run's
-status and outcome, the tuned values it trained with and every final metric.
+holds every Cell field (from the cell run's params; `tail_classes` as its JSON list, like
+`classes`), the repetition, its seed, its run's status and outcome, the tuned values it
+trained with and every final metric.
 
 Which runs count: per cell key the newest cell run (a `--force` re-run starts a new one; the
 older stays in MLflow as history), and per repetition of it one run: one with an outcome
@@ -12,17 +13,17 @@ older stays in MLflow as history), and per repetition of it one run: one with an
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 
-from benchmark.cells import CELL_FIELDS
+from benchmark.cells import CELL_FIELDS, INT_TUPLE
 from tracking.store import KIND, Store
 
 OK, DID_NOT_LEARN, ERROR, RUNNING = "ok", "did-not-learn", "error", "running"  # ok: a result
 ID_COLUMNS = ["cell_key", "cell_name", "repetition", "rep_seed", "status", "outcome", "reason",
-              "run_id", "cell_run_id", "final_lr", "final_sigma", "final_attempt", "classes",
-              "tail_classes"]
+              "run_id", "cell_run_id", "final_lr", "final_sigma", "final_attempt", "classes"]
 
 
 def outcome_of(run) -> str:
@@ -47,8 +48,12 @@ _TYPES = {"str": str, "int": int, "float": float}  # Cell annotations (strings: 
 
 
 def _typed(name: str, text: str | None):
-    """A Cell field back from its MLflow param string."""
+    """A Cell field back from its MLflow param string. A tuple field stays the JSON list its
+    param holds (a column of JSON text, like `classes`, round-trips through Parquet as it is);
+    a run of a layout before the field was one has the default, which it trained with."""
     field = CELL_FIELDS[name]
+    if field.type == INT_TUPLE:
+        return json.dumps(json.loads(text) if text is not None else list(field.default))
     if text is None:
         return field.default
     kind = _TYPES[field.type if isinstance(field.type, str) else field.type.__name__]
@@ -86,7 +91,6 @@ def _row(cell_run, fields: dict, run) -> dict:
             # 1: the tuned parameters; 2, 3: a runner-up's, after they failed; 0: no fit
             "final_attempt": int(params.get("final_attempt", 0)),
             "classes": cell_run.data.tags.get("classes", "[]"),
-            "tail_classes": cell_run.data.tags.get("tail_classes", "[]"),
             **run.data.metrics}
 
 

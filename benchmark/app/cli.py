@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 from benchmark.app import perf, register
-from benchmark.app.console import Console, quiet_libraries
+from benchmark.app.console import Console, one_line_warnings, quiet_libraries
 from benchmark.data import SOURCES, default_data_dir, resolve_name
 from benchmark.errors import UserError
 from benchmark.models import MODELS
@@ -249,6 +249,7 @@ COMMANDS = {"train": cmd_train, "run": cmd_run, "report": cmd_report, "results":
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     quiet_libraries()
+    one_line_warnings()
     return _dispatch(args)
 
 

@@ -27,6 +27,7 @@ from benchmark import train
 from benchmark.app import perf_cells
 from benchmark.app.perf_baseline import PilImages, add_noise, tutorial_epoch, tutorial_loader
 from benchmark.app.perf_timing import Comparison, Context, Row, alternate, paired
+from benchmark.cells import Cell
 from benchmark.data import DataError, Dataset, load_dataset
 from benchmark.data.augment import FlipNoise, NoAugment
 from benchmark.data.variants import make_variant
@@ -97,9 +98,12 @@ def tailbench_batches(x: torch.Tensor, y: torch.Tensor, augment: NoAugment,
 
 def pipeline(ctx: Context) -> Row:
     """Images/s of flip+noise oversampled batches: batched tensor ops against per-image PIL."""
-    lt = make_variant(ctx.data.limit(train=ctx.sizes["pipeline"], seed=ctx.seed), "long-tail")
-    dev, sigma = ctx.device, 0.05
-    augment = FlipNoise(lt.train_y.to(dev), sigma=sigma, num_classes=lt.num_classes)
+    ref = Cell("cnn", "long-tail", "flip+noise", epochs=1)  # the reference's tail and sigma
+    lt = make_variant(ctx.data.limit(train=ctx.sizes["pipeline"], seed=ctx.seed), "long-tail",
+                      tail_classes=ref.tail_classes, fraction=ref.tail_fraction)
+    dev, sigma = ctx.device, ref.sigma
+    augment = FlipNoise(lt.train_y.to(dev), tail_classes=ref.tail_classes, sigma=sigma,
+                        num_classes=lt.num_classes)
     gen = torch.Generator(dev).manual_seed(ctx.seed)
     model = train.build_model("cnn", lt.num_classes, ctx.seed, dev)  # for its memory format
     plan = augment.plan(torch.Generator(dev).manual_seed(ctx.seed))

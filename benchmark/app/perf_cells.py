@@ -12,7 +12,8 @@ import tempfile
 from pathlib import Path
 
 from benchmark.app.perf_timing import Context, Row, alternate, paired
-from benchmark.app.runner import cut, run_cell, summarize_cell
+from benchmark.app.repetitions import cut, summarize_cell
+from benchmark.app.runner import run_cell
 from benchmark.cells import Cell
 from benchmark.recording import NullRunLog
 from studies import TuneOptions, tune_cell

@@ -1,5 +1,6 @@
 """Run cells: data -> tuning -> repetitions (final fits) -> statistics -> tracking. The one
-orchestrator.
+orchestrator: a grid's cells, each cell's claim, study and repetitions (trained and summarized
+in benchmark.app.repetitions).
 
 A cell is one top-level MLflow run. It is tuned once (an Optuna study on repetition 0's
 validation split) and the tuned parameters then train each of its `seeds` repetitions on the
@@ -21,37 +22,16 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmark.app.console import Console
+from benchmark.app.repetitions import cut, run_repetition, summarize_cell
 from benchmark.cells import REPETITION_FIELDS, Cell, GridEntry
 from benchmark.data import Dataset
-from benchmark.data.augment import NoAugment, make_augment
-from benchmark.data.variants import TAIL_CLASSES, class_counts, make_variant
-from benchmark.metrics import cell_metrics
 from benchmark.recording import Recorder
-from benchmark.stats import summarize
-from benchmark.train import (
-    COLLAPSE_CHANCE_MULTIPLE,
-    Diverged,
-    RawImages,
-    Split,
-    build_model,
-    did_not_learn,
-    evaluate,
-    final_train_balanced_acc,
-    fit,
-)
+from benchmark.train import COLLAPSE_CHANCE_MULTIPLE
 from studies import TuneOptions, open_studies, tune_cell
 from studies.locks import Locks, open_locks
 from tracking import results
-from tracking.artifacts import write_cell_summary, write_repetition_artifacts
 from tracking.store import Store, git_commit, tag_json
 from tracking.study_plots import write_study_figures
-
-# The cell run's headline metrics: name on the cell run -> the repetition metric it summarizes
-HEADLINE = {"test_acc": "final_test_acc", "train_acc": "final_train_acc",
-            "balanced_acc": "balanced_acc", "head_acc": "head_acc", "tail_acc": "tail_acc",
-            "tail_gap": "tail_gap", "macro_f1": "macro_f1"}
-CURVES = ["train_loss", "train_acc", "test_loss", "test_acc"]  # figures over repetitions
-FINAL_TRIES = 3  # tuned parameters, then the runners-up, when a final fit fails to learn
 
 
 @dataclass
@@ -61,43 +41,6 @@ class Outcome:
     error: str = ""
     seconds: float = 0.0
     trained: int = 0  # repetitions this invocation trained
-
-
-@dataclass
-class Prepared:
-    """A repetition's data on the device: training set after the cut, its oversampler, the
-    test set."""
-
-    data: Dataset
-    train: Split
-    test: Split
-    augment: NoAugment
-    counts: list[int]
-
-
-def cut(cell: Cell, data: Dataset, repetition: int = 0) -> Dataset:
-    """Test subset (from the cell's seed: the same images for every repetition) -> training
-    subset and variant cut (from the repetition's seed); on the CPU."""
-    seed = cell.repetition_seed(repetition)
-    if cell.test_limit:
-        data = data.limit(test=cell.test_limit, seed=cell.seed)
-    if cell.train_limit:
-        data = data.limit(train=cell.train_limit, seed=seed)
-    return make_variant(data, cell.variant, seed, TAIL_CLASSES, cell.tail_fraction)
-
-
-def _augment(cell: Cell, train: Split, num_classes: int) -> NoAugment:
-    return make_augment(cell.augment, train.y, tail_classes=TAIL_CLASSES, sigma=cell.sigma,
-                        num_classes=num_classes)
-
-
-def prepare(cell: Cell, data: Dataset, device: torch.device, repetition: int = 0) -> Prepared:
-    """The repetition's cut data on the device, with its oversampler."""
-    data = cut(cell, data, repetition)
-    train = Split(data.train_x.to(device), data.train_y.to(device))
-    return Prepared(data, train, Split(data.test_x.to(device), data.test_y.to(device)),
-                    _augment(cell, train, data.num_classes),
-                    class_counts(data.train_y, data.num_classes))
 
 
 @dataclass(frozen=True)
@@ -121,23 +64,13 @@ class Invocation:
 def _record_cell(run: Recorder, cell: Cell, data: Dataset, device: torch.device,
                  tags: dict) -> None:
     """The cell run's params (every Cell field but the repetition count, which may grow: it
-    is a tag) and tags."""
+    is a tag; the tail classes among them) and tags."""
     run.log_params({k: v for k, v in cell.params().items() if k not in REPETITION_FIELDS})
     run.set_tags({"cell_key": cell.key, "cell_name": cell.name, "model": cell.model,
                   "variant": cell.variant, "augment": cell.augment, "dataset": data.source,
                   "profile": cell.profile, "seeds": cell.seeds, "device": str(device),
                   "torch_version": torch.__version__, "git_commit": git_commit(),
-                  "classes": tag_json(list(data.classes)),
-                  "tail_classes": tag_json(list(TAIL_CLASSES)), **tags})
-
-
-def _record_repetition(run: Recorder, prep: Prepared) -> None:
-    d = prep.data
-    run.set_tags({"class_counts": tag_json(dict(zip(d.classes, prep.counts, strict=True))),
-                  "augment_note": prep.augment.note})
-    counts = {"class_counts": tag_json(prep.counts), "train_images": str(len(prep.train.y))}
-    run.log_dataset(d.source, d.digest, d.path, "train", counts)
-    run.log_dataset(d.source, d.digest, d.path, "test", {"test_images": str(len(prep.test.y))})
+                  "classes": tag_json(list(data.classes)), **tags})
 
 
 def _tune(cell: Cell, data: Dataset, run: Recorder, device: torch.device,
@@ -162,69 +95,6 @@ def _tune(cell: Cell, data: Dataset, run: Recorder, device: torch.device,
     return [dataclasses.replace(cell, **params) for params in result.ranked(floor)] or [cell]
 
 
-def _final_fit(candidates: list[Cell], prep: Prepared, run: Recorder, seed: int,
-               device: torch.device, progress: bool):
-    """Train the repetition with the best parameters; a fit that diverges (NaN loss) or does
-    not learn (`did_not_learn`) is tagged and the next best trial's parameters are tried:
-    the best are often near the learning rate where training breaks, and the whole training
-    set is not the tuning split. Returns (cell, model, history, final) or the last reason."""
-    num_classes = prep.data.num_classes
-    why = ""
-    for attempt, tuned in enumerate(candidates[:FINAL_TRIES], 1):
-        # the oversampler of this candidate's sigma (cheap: class counts, no images)
-        prep = dataclasses.replace(prep, augment=_augment(tuned, prep.train, num_classes))
-        model = build_model(tuned.model, num_classes, seed, device)
-        try:
-            history = fit(model, prep.train, prep.test, epochs=tuned.epochs,
-                          batch_size=tuned.batch_size, lr=tuned.lr, seed=seed,
-                          augment=prep.augment, progress=progress)
-            final = evaluate(model, prep.test, tuned.batch_size)
-            balanced = final_train_balanced_acc(model, prep.train, history, num_classes,
-                                                tuned.batch_size)
-            why = did_not_learn(balanced, final["preds"], num_classes)
-        except Diverged as e:
-            why = f"diverged: {e}"
-        if not why:
-            run.log_params({"final_lr": tuned.lr, "final_sigma": tuned.sigma,
-                            "final_attempt": attempt})
-            return tuned, model, history, final
-        run.set_tags({f"final_rejected_{attempt}": f"lr {tuned.lr:.4g}: {why}"[:4000]})
-    return why
-
-
-def run_repetition(cell: Cell, candidates: list[Cell], data: Dataset, run: Recorder,
-                   repetition: int, device: torch.device, progress: bool = False) -> bool:
-    """Train, test and record one repetition on its run; True when it learned. A repetition
-    whose every candidate failed is ended FAILED with outcome did-not-learn and the reason."""
-    seed = cell.repetition_seed(repetition)
-    prep = prepare(candidates[0], data, device, repetition)
-    _record_repetition(run, prep)
-    got = _final_fit(candidates, prep, run, seed, device, progress)
-    if isinstance(got, str):
-        run.set_tags({"outcome": results.DID_NOT_LEARN, "reason": got[:4000]})
-        run.end("FAILED")
-        return False
-    tuned, model, history, final = got
-    # the curves in one call, once a fit went through (a rejected attempt leaves none)
-    run.log_curves([{k if k != "seconds" else "epoch_seconds": v for k, v in m.items()}
-                    for m in history])
-    classes, tail = list(data.classes), list(TAIL_CLASSES)
-    m = cell_metrics(prep.test.y.cpu().numpy(), final["preds"].numpy(), classes, tail)
-    with tempfile.TemporaryDirectory() as tmp:
-        write_repetition_artifacts(Path(tmp), f"{cell.name} · repetition {repetition}",
-                                   history, m, classes, tail)
-        run.log_artifacts(Path(tmp))
-    run.log_metrics({"final_train_acc": history[-1]["train_acc"] if history else 0.0,
-                     "final_test_acc": final["acc"], "final_test_loss": final["loss"],
-                     **m.scalars})
-    # the network as evaluated (uint8 images in), a logged model linked to the metrics above
-    run.log_model(RawImages(model), prep.test.x[:2], {
-        "cell_key": cell.key, "cell_name": cell.name, "repetition": repetition,
-        "dataset": data.source, "input": "uint8 images (N, 3, 32, 32), as stored"})
-    run.set_tags({"outcome": results.OK})
-    return True
-
-
 def run_cell(cell: Cell, data: Dataset, run: Recorder, device: torch.device,
              repetitions: list[int] | None = None, progress: bool = False,
              tuning: TuneOptions | None = None, say=lambda *_: None) -> int:
@@ -239,34 +109,6 @@ def run_cell(cell: Cell, data: Dataset, run: Recorder, device: torch.device,
             learned += run_repetition(cell, candidates, data, rep, r, device, progress)
     return learned
 
-
-def summarize_cell(store: Store, run: Recorder, cell: Cell, cell_run) -> tuple[int, str]:
-    """Statistics over the cell's repetitions (all of them, this invocation's and earlier
-    ones) and their figures, on the cell run; ends it FAILED when none learned. Returns how
-    many learned and the line that says how the cell ended."""
-    df = results.cell_results(store, cell_run)
-    ok = df[df["outcome"] == results.OK]
-    runner_up = int((ok["final_attempt"] > 1).sum()) if len(ok) else 0
-    metrics = {"repetitions": cell.seeds, "repetitions_ok": len(ok),
-               "repetitions_runner_up": runner_up}
-    for name, column in HEADLINE.items():
-        s = summarize(ok[column] if column in ok else [])
-        metrics |= {f"{name}_mean": s.mean, f"{name}_std": s.std, f"{name}_ci95": s.ci95}
-    run.log_metrics({k: v for k, v in metrics.items() if v == v})  # NaN: not computed
-    histories = [store.metric_histories(run_id, CURVES) for run_id in ok["run_id"]]
-    with tempfile.TemporaryDirectory() as tmp:
-        if write_cell_summary(Path(tmp), cell.name, histories, ok):
-            run.log_artifacts(Path(tmp))
-    if not len(ok):
-        why = "; ".join(f"repetition {r}: {w}" for r, w in zip(df["repetition"], df["reason"],
-                                                               strict=True))
-        run.set_tags({"error": f"no repetition learned ({why})"[:4000]})
-        run.end("FAILED")
-        return 0, f"none of {len(df)} repetitions learned ({why})"[:300]
-    test, tail = summarize(ok["final_test_acc"]), summarize(ok["tail_acc"])
-    fallback = f" ({runner_up} at a runner-up's parameters)" if runner_up else ""
-    return len(ok), (f"{len(ok)} of {cell.seeds} repetitions learned{fallback}; test "
-                     f"{test.text(count=False)}%, tail {tail.text(count=False)}%")
 
 
 def run_grid(entries: list[GridEntry], data: Dataset, store: Store, *, device: torch.device,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 
 import benchmark.data as sources  # looked up at call time (tests stand in for the loader)
-from benchmark.app.console import Console, quiet_libraries
+from benchmark.app.console import Console, one_line_warnings, quiet_libraries
 from benchmark.app.runner import Invocation, Outcome, run_grid
 from benchmark.cells import GridEntry
 from benchmark.train import resolve_device
@@ -52,8 +52,10 @@ def work(plan: WorkerPlan) -> list[Outcome]:
 
 
 def _main(plan: WorkerPlan) -> None:
-    """A spawned worker: quiet libraries, run, exit 1 when a cell failed."""
+    """A spawned worker: quiet libraries, our warnings in one line, run, exit 1 when a cell
+    failed."""
     quiet_libraries()
+    one_line_warnings()
     try:
         outcomes = work(plan)
     except KeyboardInterrupt:  # the runs are ended KILLED; the parent reports

@@ -22,7 +22,8 @@ class EpochPlan(NamedTuple):
     synthetic: torch.Tensor  # (M,) bool: whether that sample is an added, augmented copy
 
 
-# An augmentation is a class built from (labels, tail_classes=, sigma=, num_classes=).
+# An augmentation is a class built from (labels, tail_classes=, sigma=, num_classes=); the
+# tail classes and sigma are the cell's (Cell.tail_classes, Cell.sigma), with no defaults here.
 AUGMENTS: Registry[type[NoAugment]] = Registry("augmentation")
 
 
@@ -54,8 +55,8 @@ class FlipNoise(NoAugment):
 
     name = "flip+noise"
 
-    def __init__(self, labels: torch.Tensor, tail_classes: Sequence[int] = (0, 1, 2, 3, 4),
-                 sigma: float = 0.05, num_classes: int | None = None):
+    def __init__(self, labels: torch.Tensor, *, tail_classes: Sequence[int], sigma: float,
+                 num_classes: int | None = None):
         super().__init__(labels)
         if not sigma >= 0:
             raise DataError(f"flip+noise sigma must be >= 0, got {sigma}")

@@ -12,6 +12,7 @@ import torch
 
 from benchmark.data.dataset import DataError, Dataset, file_digest
 from benchmark.data.download import fetch, reachable
+from benchmark.errors import DataWarning
 
 FOLDER = "cifar-10-batches-py"
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -112,7 +113,7 @@ def load(data_dir: Path, download: bool = True) -> Dataset:
     if differ:
         warnings.warn(f"{folder}: {', '.join(differ)} differ from the official CIFAR-10 files "
                       f"(a subset or a re-packed copy?); loading anyway, digest {digest[:12]}",
-                      stacklevel=2)
+                      DataWarning, stacklevel=2)
     train = [_images_and_labels(folder / n) for n in TRAIN]
     test_x, test_y = _images_and_labels(folder / "test_batch")
     names = read_batch(folder / "batches.meta").get("label_names")

@@ -13,6 +13,7 @@ import torch
 
 from benchmark.data.dataset import DataError, Dataset, file_digest
 from benchmark.data.download import fetch, reachable
+from benchmark.errors import DataWarning
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -93,7 +94,7 @@ def load(data_dir: Path, download: bool = True) -> Dataset:
               if hashlib.md5(raw).hexdigest() != RAW_MD5[s]]
     if differ:
         warnings.warn(f"{', '.join(differ)} differ from the official Fashion-MNIST files; "
-                      f"loading anyway, digest {digest[:12]}", stacklevel=2)
+                      f"loading anyway, digest {digest[:12]}", DataWarning, stacklevel=2)
     train_x, train_y, test_x, test_y = (read_idx(p, 3 if "images" in p.name else 1, raw)
                                         for p, raw in zip(paths, raws, strict=True))
     for x, y, px, py in ((train_x, train_y, paths[0], paths[1]),

@@ -22,6 +22,9 @@ Source = Callable[[Path, bool], Dataset]
 SOURCES: Registry[Source] = Registry("dataset")
 SOURCES.register("cifar10", cifar10.load)
 SOURCES.register("fashion-mnist", fashion_mnist.load)
+# the classes of each source's official files: a cell's tail classes are checked against these
+# before any data is read (and the loaded Dataset's own classes when it is cut)
+CLASS_COUNTS = {"cifar10": 10, "fashion-mnist": len(fashion_mnist.CLASSES)}
 
 
 def _auto(data_dir: Path, download: bool = True) -> tuple[str, str]:

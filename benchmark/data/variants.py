@@ -11,10 +11,9 @@ from benchmark.data.dataset import DataError, Dataset
 from benchmark.data.sampling import take_per_class
 from benchmark.registry import Registry
 
-TAIL_CLASSES = (0, 1, 2, 3, 4)  # the reference cuts the first five classes (airplane ... deer)
-TAIL_FRACTION = 0.1  # and keeps 10% of their training images
-
 # A variant picks training indices: (labels, tail_classes=, fraction=, seed=) -> sorted indices.
+# The tail classes and the fraction kept have no defaults here: they are the cell's
+# (Cell.tail_classes, Cell.tail_fraction), the one place that says what the reference's are.
 Variant = Callable[..., torch.Tensor]
 VARIANTS: Registry[Variant] = Registry("variant")
 
@@ -30,8 +29,8 @@ def _balanced(labels: torch.Tensor, **_) -> torch.Tensor:
 
 
 @VARIANTS.register("long-tail")
-def long_tail_indices(labels: torch.Tensor, tail_classes: Sequence[int] = TAIL_CLASSES,
-                      fraction: float = TAIL_FRACTION, seed: int = 0) -> torch.Tensor:
+def long_tail_indices(labels: torch.Tensor, *, tail_classes: Sequence[int], fraction: float,
+                      seed: int = 0) -> torch.Tensor:
     """Keep `fraction` of every tail class (at least one image) and all of the others."""
     if not 0 < fraction <= 1:
         raise DataError(f"long-tail fraction must lie in (0, 1], got {fraction}")
@@ -41,9 +40,8 @@ def long_tail_indices(labels: torch.Tensor, tail_classes: Sequence[int] = TAIL_C
     return take_per_class(labels, keep, seed)
 
 
-def make_variant(data: Dataset, variant: str, seed: int = 0,
-                 tail_classes: Sequence[int] = TAIL_CLASSES,
-                 fraction: float = TAIL_FRACTION) -> Dataset:
+def make_variant(data: Dataset, variant: str, seed: int = 0, *, tail_classes: Sequence[int],
+                 fraction: float) -> Dataset:
     """The dataset with its training set cut as `variant` says; the test set is never touched."""
     select = VARIANTS[variant]  # an unknown name raises, listing the choices
     bad = [c for c in tail_classes if not 0 <= c < data.num_classes]
