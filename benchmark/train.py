@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from benchmark.data.augment import NoAugment
+from benchmark.data.augment import NoAugment, batches
 from benchmark.errors import UserError
 from benchmark.metrics import balanced_accuracy
 from benchmark.models import CHANNELS_LAST, create_model
@@ -90,11 +90,11 @@ def _like_model(xb: torch.Tensor, model: nn.Module) -> torch.Tensor:
     return xb
 
 
-def make_batch(x: torch.Tensor, synthetic: torch.Tensor, augment: NoAugment,
+def make_batch(x: torch.Tensor, synthetic: int, augment: NoAugment,
                gen: torch.Generator, model: nn.Module) -> torch.Tensor:
-    """The model's input for stored uint8 images `x` (B, 3, 32, 32): scaled to [0, 1],
-    augmented where `synthetic`, in the model's memory format. Training and `make perf` both
-    build their batches here."""
+    """The model's input for stored uint8 images `x` (B, 3, 32, 32): scaled to [0, 1], its
+    last `synthetic` rows augmented, in the model's memory format. Training and `make perf`
+    both build their batches here."""
     return _like_model(augment.apply(_to_float(x), synthetic, gen), model)
 
 
@@ -122,10 +122,8 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, data: Split,
     order = torch.randperm(len(plan.index), generator=gen, device=device)
     loss_sum = torch.zeros((), device=device)
     seen = correct = None  # (C,) per-class counts, sized by the model's output on first use
-    for start in tqdm(range(0, len(order), batch_size), disable=not progress, leave=False,
-                      unit="batch"):
-        pick = order[start:start + batch_size]
-        idx, synthetic = plan.index[pick], plan.synthetic[pick]
+    for idx, synthetic in tqdm(batches(plan, order, batch_size), disable=not progress,
+                               leave=False, unit="batch"):
         xb = make_batch(data.x[idx], synthetic, augment, gen, model)
         yb = data.y[idx]
         with _autocast(device):
@@ -143,7 +141,7 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, data: Split,
         seen += torch.bincount(yb, minlength=classes)
         # weights, not yb[hit]: a boolean index would sync the host every step on a GPU
         correct += torch.bincount(yb, weights=(out.argmax(1) == yb).float(), minlength=classes)
-    n = len(order)
+    n = len(plan.index)
     if seen is None:
         return {"train_loss": 0.0, "train_acc": 0.0, "train_balanced_acc": 0.0}
     present = seen > 0

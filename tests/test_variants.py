@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from benchmark.data import DataError, Dataset
-from benchmark.data.augment import AUGMENTS, FlipNoise, NoAugment, make_augment
+from benchmark.data.augment import AUGMENTS, FlipNoise, NoAugment, batches, make_augment
 from benchmark.data.sampling import stratified_split, stratified_subset
 from benchmark.data.variants import VARIANTS, class_counts, long_tail_indices, make_variant
 
@@ -110,7 +110,7 @@ def test_flip_noise_balances_the_tail_and_stays_in_range():
     assert int(plan.synthetic.sum()) == 450 and not plan.synthetic[: len(y)].any()
     assert (y[plan.index[plan.synthetic]] < 5).all()  # only tail images are copied
     x = torch.rand(len(plan.index), 3, 32, 32)
-    out = aug.apply(x.clone(), plan.synthetic, gen)
+    out = aug.apply(x.clone(), int(plan.synthetic.sum()), gen)
     assert out.min() >= 0 and out.max() <= 1
     assert torch.equal(out[~plan.synthetic], x[~plan.synthetic])  # originals stay as they are
     assert not torch.equal(out[plan.synthetic], x[plan.synthetic])
@@ -121,7 +121,7 @@ def test_flip_noise_flips_about_half_without_noise():
     aug = FlipNoise(y, tail_classes=TAIL, sigma=0.0)
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(1000, 3, 32, 32)
-    out = aug.apply(x.clone(), torch.ones(1000, dtype=torch.bool), gen)
+    out = aug.apply(x.clone(), 1000, gen)
     flipped = (out == x.flip(-1)).flatten(1).all(1)
     assert torch.equal(out[~flipped], x[~flipped])
     assert 400 < int(flipped.sum()) < 600
@@ -135,8 +135,26 @@ def test_flip_noise_is_reproducible_from_the_generator():
         gen = torch.Generator().manual_seed(5)
         plan = aug.plan(gen)
         runs.append((plan.index, aug.apply(torch.full((len(plan.index), 3, 4, 4), 0.5),
-                                           plan.synthetic, gen)))
+                                           int(plan.synthetic.sum()), gen)))
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_an_epochs_batches_hold_the_shuffled_samples_with_the_added_copies_last():
+    y = _long_tail_labels()
+    aug = FlipNoise(y, tail_classes=TAIL, sigma=0.1)
+    gen = torch.Generator().manual_seed(3)
+    plan = aug.plan(gen)
+    order = torch.randperm(len(plan.index), generator=gen)
+    got = batches(plan, order, 64)
+    assert len(got) == -(-len(order) // 64)
+    for b, (idx, k) in enumerate(got):
+        pick = order[b * 64:(b + 1) * 64]  # the same samples as the shuffled batch, reordered
+        assert sorted(idx.tolist()) == sorted(plan.index[pick].tolist())
+        assert k == int(plan.synthetic[pick].sum())
+        # the last k are the batch's copies (tail images): its originals come first
+        assert sorted(idx[len(idx) - k:].tolist()) == sorted(plan.index[pick][
+            plan.synthetic[pick]].tolist())
+    assert sum(k for _, k in got) == aug.added
 
 
 def test_oversampling_a_balanced_set_adds_nothing_and_says_so():
@@ -173,7 +191,7 @@ def test_every_augmentation_stays_in_the_pixel_range(name):
     gen = torch.Generator().manual_seed(1)
     plan = aug.plan(gen)
     x = torch.rand(len(plan.index), 3, 8, 8, generator=torch.Generator().manual_seed(2))
-    out = aug.apply(x.clone(), plan.synthetic, gen)
+    out = aug.apply(x.clone(), int(plan.synthetic.sum()), gen)
     assert out.shape == x.shape and out.dtype == x.dtype
     assert float(out.min()) >= 0 and float(out.max()) <= 1
     assert torch.equal(out[~plan.synthetic], x[~plan.synthetic])  # originals as they are
@@ -188,7 +206,7 @@ def test_every_augmentation_is_determined_by_its_generator(name):
         gen = torch.Generator().manual_seed(5)
         plan = aug.plan(gen)
         x = torch.full((len(plan.index), 3, 4, 4), 0.5)
-        runs.append((plan.index, plan.synthetic, aug.apply(x, plan.synthetic, gen)))
+        runs.append((plan.index, plan.synthetic, aug.apply(x, int(plan.synthetic.sum()), gen)))
     assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
 
 

@@ -50,7 +50,7 @@ class Context:
     cache: dict[str, list[float]] = field(default_factory=dict)  # per-round rates, for reuse
 
 
-Comparison = Callable[[Context], Row]
+Comparison = Callable[[Context], "Row | list[Row]"]  # one row, or a few side by side
 
 
 def alternate(*fns: Callable[[], object], reps: int, device: torch.device,

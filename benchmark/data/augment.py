@@ -22,6 +22,24 @@ class EpochPlan(NamedTuple):
     synthetic: torch.Tensor  # (M,) bool: whether that sample is an added, augmented copy
 
 
+def batches(plan: EpochPlan, order: torch.Tensor, batch_size: int
+            ) -> list[tuple[torch.Tensor, int]]:
+    """The epoch's batches in `order` (a permutation of the plan): for each, the stored
+    images' indices with the added copies last, and how many copies it holds. A batch is a
+    set to SGD, so moving its copies to its end changes nothing but the summation order; it
+    lets `apply` draw flips and noise for those rows alone. One host sync per epoch."""
+    n = len(order)
+    starts = range(0, n, batch_size)
+    synthetic = plan.synthetic[order]
+    if not plan.synthetic.any():  # nothing added: the order as it is
+        return [(plan.index[order[s:s + batch_size]], 0) for s in starts]
+    batch = torch.arange(n, device=order.device) // batch_size
+    order = order[torch.sort(batch * 2 + synthetic.long(), stable=True).indices]
+    counts = torch.bincount(batch, weights=synthetic.float(), minlength=len(starts))
+    return [(plan.index[order[s:s + batch_size]], int(k))
+            for s, k in zip(starts, counts.long().tolist(), strict=True)]
+
+
 # An augmentation is a class built from (labels, tail_classes=, sigma=, num_classes=); the
 # tail classes and sigma are the cell's (Cell.tail_classes, Cell.sigma), with no defaults here.
 AUGMENTS: Registry[type[NoAugment]] = Registry("augmentation")
@@ -43,7 +61,9 @@ class NoAugment:
         return EpochPlan(torch.arange(self.n, device=device),
                          torch.zeros(self.n, dtype=torch.bool, device=device))
 
-    def apply(self, x: torch.Tensor, synthetic: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, synthetic: int, gen: torch.Generator) -> torch.Tensor:
+        """The batch `x` (B, C, H, W) floats in [0, 1] whose last `synthetic` rows are added
+        copies, with those rows augmented (the originals as they are)."""
         return x
 
 
@@ -82,15 +102,17 @@ class FlipNoise(NoAugment):
         return EpochPlan(torch.cat([base.index, extra_idx]),
                          torch.cat([base.synthetic, torch.ones_like(extra_idx, dtype=torch.bool)]))
 
-    def apply(self, x: torch.Tensor, synthetic: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        # x: (B, C, H, W) floats in [0, 1]; only the rows marked synthetic change
-        if not self.added:
+    def apply(self, x: torch.Tensor, synthetic: int, gen: torch.Generator) -> torch.Tensor:
+        # flips and noise are drawn for the synthetic rows only (the batch's last ones), on
+        # the device, in place: `x` is the batch's own fresh float copy
+        if not synthetic:
             return x
-        mask = synthetic.view(-1, 1, 1, 1)
-        flip = mask & (torch.rand(mask.shape, generator=gen, device=x.device) < 0.5)
-        x = torch.where(flip, x.flip(-1), x)
-        noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) * self.sigma
-        return torch.where(mask, (x + noise).clamp_(0, 1), x)
+        rows = x[len(x) - synthetic:]
+        flip = torch.rand((synthetic, 1, 1, 1), generator=gen, device=x.device) < 0.5
+        rows.copy_(torch.where(flip, rows.flip(-1), rows))
+        noise = torch.randn(rows.shape, generator=gen, device=x.device, dtype=x.dtype)
+        rows.add_(noise, alpha=self.sigma).clamp_(0, 1)
+        return x
 
 
 def make_augment(name: str, labels: torch.Tensor, **kwargs) -> NoAugment:
