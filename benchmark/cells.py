@@ -19,6 +19,7 @@ from benchmark.data.sources import CLASS_COUNTS
 from benchmark.data.variants import VARIANTS
 from benchmark.errors import UserError
 from benchmark.models import MODELS
+from benchmark.train import PRECISIONS
 
 GRID_DIR = Path(__file__).parent / "grids"
 PROFILES = GRID_DIR / "profiles.toml"
@@ -54,6 +55,9 @@ class Cell:
     trials: int = 0  # Optuna trials tuning lr (and sigma); 0 = the fixed lr and sigma
     seed: int = 0  # the cell's base seed; repetition r trains with repetition_seed(r)
     seeds: int = 1  # repetitions: trainings of the tuned parameters, each with its own seed
+    # what training computes in: fp32, or bf16 autocast; auto (bf16 on CUDA, fp32 elsewhere)
+    # is resolved for the device before a cell runs, so a key names the precision it ran in
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         """Check every field, so a cell made in code (or by dataclasses.replace, which runs
@@ -113,6 +117,7 @@ RANGES = {  # field -> (whether a value is allowed, what the message says it mus
     "test_limit": (lambda v: v >= 0, "at least 0 (0 = all)"),
     "trials": (lambda v: v >= 0, "at least 0 (0 = no tuning)"),
     "seed": (lambda v: v >= 0, "at least 0"),  # numpy's SeedSequence takes no negative seed
+    "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
 }
 # a field's annotation -> (what it accepts, what it holds); numpy's numbers are Integral / Real
 _KINDS = {"str": (str, str), "int": (numbers.Integral, int), "float": (numbers.Real, float)}

@@ -70,11 +70,23 @@ def _channels_last(name: str, device: torch.device) -> bool:
     return name in CHANNELS_LAST
 
 
-def _autocast(device: torch.device):
-    # bf16 on CUDA only: on the CPU it keeps the reference's fp32 numbers (a CPU with
-    # AVX512_BF16 trains ~1.9x faster in bf16, but the results would then differ; see README).
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 on CUDA, fp32 elsewhere
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` as the device's default: bf16 autocast on CUDA; fp32 on a CPU, where bf16 pays
+    or not by CPU (`make perf` measures it side by side) and changes the numbers."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def _autocast(device: torch.device, precision: str = "auto"):
+    """The context training and evaluation compute in: bf16 autocast, or plain fp32."""
+    if resolve_precision(precision, device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
@@ -113,7 +125,7 @@ class RawImages(nn.Module):
 
 def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, data: Split,
                     batch_size: int, gen: torch.Generator, augment: NoAugment,
-                    progress: bool = False) -> dict[str, float]:
+                    progress: bool = False, precision: str = "auto") -> dict[str, float]:
     """One pass over a freshly shuffled epoch plan; returns mean loss, running accuracy and
     running balanced accuracy (mean per-class recall over the epoch's samples)."""
     model.train()
@@ -126,7 +138,7 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, data: Split,
                                leave=False, unit="batch"):
         xb = make_batch(data.x[idx], synthetic, augment, gen, model)
         yb = data.y[idx]
-        with _autocast(device):
+        with _autocast(device, precision):
             out = model(xb)
             loss = F.cross_entropy(out, yb)
         opt.zero_grad(set_to_none=True)
@@ -151,7 +163,8 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, data: Split,
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, data: Split, batch_size: int = 1024) -> dict:
+def evaluate(model: nn.Module, data: Split, batch_size: int = 1024,
+             precision: str = "auto") -> dict:
     """Loss, accuracy, balanced accuracy (mean per-class recall) and the predicted labels."""
     model.eval()
     device = data.x.device
@@ -159,7 +172,7 @@ def evaluate(model: nn.Module, data: Split, batch_size: int = 1024) -> dict:
     for start in range(0, len(data.y), batch_size):
         xb = _like_model(_to_float(data.x[start:start + batch_size]), model)
         yb = data.y[start:start + batch_size]
-        with _autocast(device):
+        with _autocast(device, precision):
             out = model(xb)
         loss_sum += F.cross_entropy(out.float(), yb, reduction="sum")
         preds.append(out.argmax(1))
@@ -201,7 +214,8 @@ def did_not_learn(train_balanced_acc: float, test_preds: torch.Tensor, num_class
 
 
 def final_train_balanced_acc(model: nn.Module, train: Split, history: list[dict[str, float]],
-                             num_classes: int, batch_size: int = 1024) -> float:
+                             num_classes: int, batch_size: int = 1024,
+                             precision: str = "auto") -> float:
     """Balanced training accuracy of the final weights, for `did_not_learn`. The last epoch's
     running value is a lower bound for a model that was still learning (its early batches
     saw worse weights: a fit at 12% running scored 40% on the test set), so only when it is
@@ -211,15 +225,17 @@ def final_train_balanced_acc(model: nn.Module, train: Split, history: list[dict[
     running = history[-1]["train_balanced_acc"] if history else 0.0
     if running >= COLLAPSE_CHANCE_MULTIPLE / num_classes:
         return running
-    return evaluate(model, train, batch_size)["balanced_acc"]
+    return evaluate(model, train, batch_size, precision)["balanced_acc"]
 
 
 def fit(model: nn.Module, train: Split, test: Split, *, epochs: int,
         batch_size: int = HYP["batch_size"], lr: float = HYP["lr"],
         momentum: float = HYP["momentum"], weight_decay: float = HYP["weight_decay"],
         seed: int = 0, augment: NoAugment | None = None,
-        callback: EpochCallback | None = None, progress: bool = False) -> list[dict[str, float]]:
-    """SGD with cross-entropy for `epochs` epochs; after each, hand the epoch's metrics
+        callback: EpochCallback | None = None, progress: bool = False,
+        precision: str = "auto") -> list[dict[str, float]]:
+    """SGD with cross-entropy for `epochs` epochs, computing in `precision` (PRECISIONS);
+    after each, hand the epoch's metrics
     (train_loss, train_acc, train_balanced_acc, test_loss, test_acc, test_balanced_acc,
     seconds) to `callback`.
     Raises Diverged when the loss stops being finite. Data must already be on the model's
@@ -236,10 +252,11 @@ def fit(model: nn.Module, train: Split, test: Split, *, epochs: int,
     history = []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        metrics = train_one_epoch(model, opt, train, batch_size, gen, augment, progress)
+        metrics = train_one_epoch(model, opt, train, batch_size, gen, augment, progress,
+                                  precision)
         if not math.isfinite(metrics["train_loss"]):
             raise Diverged(epoch, metrics["train_loss"])
-        ev = evaluate(model, test, batch_size)
+        ev = evaluate(model, test, batch_size, precision)
         if not math.isfinite(ev["loss"]):  # the epoch's last step can break the weights too
             raise Diverged(epoch, ev["loss"])
         metrics |= {"test_loss": ev["loss"], "test_acc": ev["acc"],

@@ -90,7 +90,7 @@ class Objective:
             # differ only in their hyperparameters, which makes their comparison less noisy
             history = fit(model, data.train, data.val, epochs=cell.epochs,
                           batch_size=cell.batch_size, lr=cell.lr,
-                          seed=self.seed, augment=augment,
+                          seed=self.seed, augment=augment, precision=cell.precision,
                           callback=_epoch_callback(trial, log, done))
         except optuna.TrialPruned as e:
             _end_pruned(trial, log, str(e))

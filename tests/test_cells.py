@@ -24,7 +24,7 @@ from benchmark.models import MODELS
 OTHER = {"model": "rnn", "variant": "balanced", "augment": "flip+noise", "epochs": 6,
          "dataset": "cifar10", "profile": "quick", "batch_size": 64, "lr": 0.1, "sigma": 0.1,
          "tail_classes": (7, 9), "tail_fraction": 0.2, "train_limit": 100, "test_limit": 50,
-         "trials": 3, "seed": 1, "seeds": 3}
+         "trials": 3, "seed": 1, "seeds": 3, "precision": "bf16"}
 
 
 def test_reference_grid_holds_the_six_reference_cells():
@@ -67,6 +67,7 @@ def test_keys_are_stable_and_change_with_every_field():
     ("epochs", 2.0, "epochs must be int, got 2.0"),
     ("epochs", True, "epochs must be int, got True"),
     ("seeds", 0, "seeds must be at least 1, got 0"),
+    ("precision", "fp16", "precision must be one of auto, fp32, bf16, got 'fp16'"),
     ("batch_size", 0, "batch_size must be at least 1, got 0"),
     ("lr", 0.0, "lr must be > 0 and finite, got 0.0"),
     ("lr", -0.1, "lr must be > 0 and finite"),

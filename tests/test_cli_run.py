@@ -34,6 +34,7 @@ def test_run_then_more_seeds_then_results_and_report(args, capsys, tmp_path, mon
     assert " 2/2 " in table_line(out) and "measured" in table_line(out)
     df = pd.read_parquet(store / "results.parquet")
     assert list(df["repetition"]) == [0, 1] and set(df["outcome"]) == {"ok"}
+    assert set(df["precision"]) == {"fp32"}  # auto, on a CPU: recorded as what it ran in
     assert main(["run", *run, "--seeds", "3", "--no-report"]) == 0  # adds repetition 2
     captured = capsys.readouterr()
     assert "repetitions 2 of 3" in captured.err and " 3/3 " in table_line(captured.out)

@@ -10,7 +10,7 @@ from functools import partial
 import pytest
 import torch
 
-from benchmark.app import perf, perf_cells
+from benchmark.app import perf, perf_cells, perf_precision
 from benchmark.data import Dataset
 from benchmark.errors import UserError
 
@@ -47,10 +47,15 @@ def test_every_comparison_returns_a_row(ctx):
     rows = [r for compare in timed for r in perf.rows_of(compare, ctx)]
     assert len(timed) == len(perf.COMPARISONS) - 2
     assert len(rows) == len(timed) + 1  # the pipeline: against the tutorial, and before/after
+    units = {r.measure: r.unit for r in rows}
+    assert units["rnn epoch, bf16 / fp32"] == "img/s"
+    assert "bf16 − fp32" in next(r.note for r in rows if r.unit == "acc")
     assert len({r.measure for r in rows}) == len(rows)
     for r in rows:
         assert r.tailbench > 0 and r.baseline > 0
-        assert len(r.runs) == ctx.reps
+        # timed rows have a (tailbench, baseline) pair a round; the accuracy row one a seed
+        assert len(r.runs) == (perf_precision.ACCURACY["quick"]["seeds"] if r.unit == "acc"
+                               else ctx.reps)
         assert r.tailbench == statistics.median(a for a, _ in r.runs)
         assert r.ratio == pytest.approx(r.tailbench / r.baseline)
         assert r.met is None if r.target is None else r.met == (r.ratio >= r.target)

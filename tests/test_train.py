@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from benchmark import train as train_mod
 from benchmark.errors import UserError
 from benchmark.train import (
     Diverged,
@@ -90,6 +91,22 @@ def test_the_fit_seed_alone_changes_the_order(learnable_split):
     fit(b, train, test, epochs=1, batch_size=8, lr=0.05, seed=1)
     assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(),
                                                        strict=True))
+
+
+def test_bf16_autocast_trains_in_bf16_and_auto_means_fp32_on_a_cpu(learnable_split):
+    train, test = _subset(learnable_split[0], 80), _subset(learnable_split[1], 20)
+    assert train_mod.resolve_precision("auto", CPU) == "fp32"
+    assert train_mod.resolve_precision("auto", torch.device("cuda")) == "bf16"
+    with pytest.raises(UserError, match="unknown precision 'fp16'"):
+        train_mod.resolve_precision("fp16", CPU)
+    a, b = build_model("cnn", 10, 0, CPU), build_model("cnn", 10, 0, CPU)
+    ha = fit(a, train, test, epochs=1, batch_size=8, lr=0.05, seed=0, precision="fp32")
+    hb = fit(b, train, test, epochs=1, batch_size=8, lr=0.05, seed=0, precision="bf16")
+    # the same start and batches, other rounding: other weights, other (finite) losses
+    assert ha[0]["train_loss"] != hb[0]["train_loss"] and all(
+        math.isfinite(h[0]["train_loss"]) for h in (ha, hb))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what the bf16 path computes in
+        assert b(test.x[:2].float() / 255).dtype == torch.bfloat16
 
 
 def test_a_huge_learning_rate_raises_diverged(learnable_split):
@@ -200,7 +217,6 @@ def test_unknown_device_names_the_choices(name):
 def test_a_late_learner_is_judged_by_its_final_weights(trained, learnable_split, monkeypatch):
     """The last epoch's running balanced accuracy is a lower bound; below the limit the final
     weights are evaluated on the training set, above it nothing is evaluated."""
-    from benchmark import train as train_mod
 
     model, history, _ = trained
     train, _ = learnable_split

@@ -15,7 +15,7 @@ from benchmark.app.console import Console, one_line_warnings, quiet_libraries
 from benchmark.data import SOURCES, default_data_dir, resolve_name
 from benchmark.errors import UserError
 from benchmark.models import MODELS
-from benchmark.train import DEVICES, Diverged
+from benchmark.train import DEVICES, PRECISIONS, Diverged, resolve_precision
 
 
 def _number(kind: type, low: float = 0, low_ok: bool = True):
@@ -110,6 +110,9 @@ def _run_parser(sub) -> None:
         p.add_argument(f"--{name}", action="append", default=[],
                        help=f"run only cells with this {name} (repeatable)")
     p.add_argument("--force", action="store_true", help="re-run cells that finished before")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="what training computes in (part of each cell's key); auto: a cell's "
+                        "own setting, else bf16 autocast on CUDA and fp32 on a CPU")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow store (env MLFLOW_TRACKING_URI, default sqlite:///runs/mlflow.db)")
     p.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
@@ -148,8 +151,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     invocation = Invocation(uuid.uuid4().hex[:12], args.force,
                             {"grid": args.grid, "profile": args.profile, "dataset": source,
                              "device": str(device)})
-    plan = WorkerPlan(tuple(dataclasses.replace(e, cell=dataclasses.replace(
-        e.cell, dataset=source)) for e in entries), source, args.data_dir, args.device,
+    entries = [dataclasses.replace(e, cell=dataclasses.replace(
+        e.cell, dataset=source, precision=resolve_precision(
+            e.cell.precision if args.precision == "auto" else args.precision, device)))
+        for e in entries]  # the dataset and precision each cell runs with: in its key
+    plan = WorkerPlan(tuple(entries), source, args.data_dir, args.device,
         store.uri, store.experiment_name, _tuning(args), invocation,
         progress=sys.stderr.isatty())
     console = Console()

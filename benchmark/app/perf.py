@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 from benchmark import train
-from benchmark.app import perf_cells
+from benchmark.app import perf_cells, perf_precision
 from benchmark.app.perf_baseline import PilImages, add_noise, tutorial_epoch, tutorial_loader
 from benchmark.app.perf_timing import Comparison, Context, Row, alternate, paired
 from benchmark.cells import Cell
@@ -189,6 +189,8 @@ NETWORKS = ("cnn", "rnn", "resnet50")
 
 COMPARISONS: list[Comparison] = [
     *(partial(training, name=m) for m in NETWORKS),
+    *(partial(perf_precision.speed, name=m) for m in NETWORKS),
+    perf_precision.accuracy,
     pipeline,
     *(partial(limit, name=m) for m in NETWORKS),
     perf_cells.tracking_overhead,

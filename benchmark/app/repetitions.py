@@ -107,10 +107,10 @@ def _final_fit(candidates: list[Cell], prep: Prepared, run: Recorder, seed: int,
         try:
             history = fit(model, prep.train, prep.test, epochs=tuned.epochs,
                           batch_size=tuned.batch_size, lr=tuned.lr, seed=seed,
-                          augment=prep.augment, progress=progress)
-            final = evaluate(model, prep.test, tuned.batch_size)
+                          augment=prep.augment, progress=progress, precision=tuned.precision)
+            final = evaluate(model, prep.test, tuned.batch_size, tuned.precision)
             balanced = final_train_balanced_acc(model, prep.train, history, num_classes,
-                                                tuned.batch_size)
+                                                tuned.batch_size, tuned.precision)
             why = did_not_learn(balanced, final["preds"], num_classes)
         except Diverged as e:
             why = f"diverged: {e}"
