@@ -237,7 +237,7 @@ def fit(model: nn.Module, train: Split, test: Split, *, epochs: int,
     """SGD with cross-entropy for `epochs` epochs, computing in `precision` (PRECISIONS);
     after each, hand the epoch's metrics
     (train_loss, train_acc, train_balanced_acc, test_loss, test_acc, test_balanced_acc,
-    seconds) to `callback`.
+    seconds, and eval_seconds of them spent evaluating) to `callback`.
     Raises Diverged when the loss stops being finite. Data must already be on the model's
     device (uint8); returns the metrics of every epoch."""
     if epochs < 0 or batch_size < 1:
@@ -256,12 +256,14 @@ def fit(model: nn.Module, train: Split, test: Split, *, epochs: int,
                                   precision)
         if not math.isfinite(metrics["train_loss"]):
             raise Diverged(epoch, metrics["train_loss"])
+        evaluated = time.perf_counter()
         ev = evaluate(model, test, batch_size, precision)
         if not math.isfinite(ev["loss"]):  # the epoch's last step can break the weights too
             raise Diverged(epoch, ev["loss"])
+        end = time.perf_counter()
         metrics |= {"test_loss": ev["loss"], "test_acc": ev["acc"],
                     "test_balanced_acc": ev["balanced_acc"],
-                    "seconds": time.perf_counter() - start}
+                    "seconds": end - start, "eval_seconds": end - evaluated}
         history.append(metrics)
         if callback:
             callback(epoch, metrics)

@@ -116,3 +116,41 @@ def test_whole_cell_comparisons_time_tracking_and_count_pruned_epochs(ctx):
     saving = perf_cells.pruning_saving(ctx)
     assert 0 < saving.tailbench <= saving.baseline == 3  # 3 trials of 1 epoch in --quick
     assert saving.ratio == saving.tailbench / saving.baseline
+
+
+def test_the_grid_time_shares_come_from_the_latest_runs_records(tmp_path):
+    import time
+
+    from conftest import learnable_dataset
+
+    from benchmark.app import perf_grid, runner
+    from benchmark.cells import Cell, GridEntry
+    from studies import TuneOptions
+    from tracking.store import Store
+
+    cell = Cell("cnn", "long-tail", "none", epochs=2, batch_size=8, lr=0.05, trials=2,
+                dataset="synthetic", profile="quick", tail_fraction=0.2, seeds=2)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert perf_grid.shares(perf.Context(torch.device("cpu"), None, {}, 1, tracking_uri=uri)) \
+        == [] and not (tmp_path / "mlflow.db").exists()  # nothing run: no rows, no store made
+    started = int(time.time() * 1000)
+    invocation = runner.Invocation(about={"started_ms": str(started)})
+    data = learnable_dataset(250, 60, seed=1, digest="ab" * 32, path="/tmp/synthetic")
+    runner.run_grid([GridEntry(cell, {})], data, Store(uri, "tailbench/synthetic/quick"),
+                    device=torch.device("cpu"), invocation=invocation,
+                    tuning=TuneOptions(tmp_path / "optuna.journal"))
+    wall = time.time() - started / 1000
+    rows = {r.measure: r for r in perf_grid.shares(perf.Context(torch.device("cpu"), None, {},
+                                                                1, tracking_uri=uri))}
+    assert set(rows) == {f"grid: {n}" for n in (
+        "start-up (imports, data, stores)", "Optuna trials", "final fits: epochs",
+        "  of which test evaluation", "final fits: recording (metrics, figures, model)",
+        "cells: statistics and figures", "wall time")}
+    assert 0 < rows["grid: wall time"].tailbench <= wall + 1
+    assert rows["grid: Optuna trials"].tailbench > 0
+    assert rows["grid: final fits: epochs"].tailbench > 0
+    assert 0 < rows["grid:   of which test evaluation"].tailbench < \
+        rows["grid: final fits: epochs"].tailbench
+    parts = sum(r.tailbench for m, r in rows.items() if m not in (
+        "grid: wall time", "grid:   of which test evaluation"))
+    assert parts <= rows["grid: wall time"].tailbench + 1  # one worker: parts within the wall

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 import time
 import uuid
@@ -150,7 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     store = Store(args.tracking_uri, f"tailbench/{source}/{args.profile}")  # and the tracking
     invocation = Invocation(uuid.uuid4().hex[:12], args.force,
                             {"grid": args.grid, "profile": args.profile, "dataset": source,
-                             "device": str(device)})
+                             "device": str(device), "started_ms": str(_started_ms())})
     entries = [dataclasses.replace(e, cell=dataclasses.replace(
         e.cell, dataset=source, precision=resolve_precision(
             e.cell.precision if args.precision == "auto" else args.precision, device)))
@@ -176,6 +177,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.note(f"failed: {line}")
     ok = set(df.loc[df["outcome"] == "ok", "cell_key"]) if len(df) else set()
     return int(bool(failed) or any(e.cell.key not in ok for e in plan.entries))
+
+
+def _started_ms() -> int:
+    """When this process started (Linux: /proc), so a run's start-up is measured from the
+    command's first instant, imports included; now, where /proc is not there."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        return int((boot + ticks / os.sysconf("SC_CLK_TCK")) * 1000)
+    except (OSError, ValueError, IndexError, StopIteration):
+        return int(time.time() * 1000)
 
 
 def _report_parser(sub) -> None:

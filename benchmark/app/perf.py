@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 from benchmark import train
-from benchmark.app import perf_cells, perf_precision
+from benchmark.app import perf_cells, perf_grid, perf_precision
 from benchmark.app.perf_baseline import PilImages, add_noise, tutorial_epoch, tutorial_loader
 from benchmark.app.perf_timing import Comparison, Context, Row, alternate, paired
 from benchmark.cells import Cell
@@ -195,6 +195,7 @@ COMPARISONS: list[Comparison] = [
     *(partial(limit, name=m) for m in NETWORKS),
     perf_cells.tracking_overhead,
     perf_cells.pruning_saving,
+    perf_grid.shares,
 ]
 
 
@@ -282,6 +283,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         f"--quick {SIZES['quick']['reps']})")
     p.add_argument("--out", default="perf.json", help="where to write the table as JSON")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks it runs, not speed")
+    p.add_argument("--tracking-uri", default=None, help="the MLflow store of the benchmark "
+                   "whose time shares to show (default sqlite:///runs/mlflow.db)")
     return p
 
 
@@ -290,7 +293,8 @@ def run(args: argparse.Namespace) -> int:
     reps = args.reps if args.reps is not None else sizes["reps"]
     if reps < 1:
         raise UserError(f"--reps must be at least 1, got {reps}")
-    ctx = Context(train.resolve_device(args.device), load_images(), dict(sizes), reps)
+    ctx = Context(train.resolve_device(args.device), load_images(), dict(sizes), reps,
+                  tracking_uri=getattr(args, "tracking_uri", None))
     if (load := os.getloadavg()[0]) > 0.5 * (os.cpu_count() or 1):
         print(f"tailbench perf: warning: load average {load:.1f} on {os.cpu_count()} CPUs; "
               "other work will slow and scatter these timings", file=sys.stderr)

@@ -47,6 +47,7 @@ class Context:
     reps: int
     workers: int = 2  # the tutorial DataLoader's worker processes
     seed: int = 0
+    tracking_uri: str | None = None  # the store of the benchmark whose time shares to show
     cache: dict[str, list[float]] = field(default_factory=dict)  # per-round rates, for reuse
 
 
