@@ -11,7 +11,7 @@ OPTUNA_STORAGE ?= $(STORE)/optuna.journal
 PORT    ?= 5000
 DASHBOARD_PORT ?= 8080
 
-.PHONY: install test test-fast benchmark report results ui dashboard perf services services-stop lint clean
+.PHONY: install test test-fast benchmark report results ui dashboard perf gpu-check services services-stop lint clean
 
 install: $(VENV)
 
@@ -65,6 +65,10 @@ dashboard: install
 
 perf: install
 	.venv/bin/tailbench perf --out $(STORE)/perf.json $(ARGS)
+
+# on a CUDA machine, under 5 minutes: 4 trials at once, bf16, channels_last; JSON in runs/
+gpu-check: install
+	.venv/bin/tailbench gpu-check --out $(STORE)/gpu-check.json $(ARGS)
 
 # PostgreSQL (Debian's) in .services/ and an MLflow server on it, loopback only; see README
 services: install

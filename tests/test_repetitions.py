@@ -69,7 +69,7 @@ def test_the_study_tunes_on_repetition_0(data, monkeypatch, tmp_path):
     from benchmark.recording import NullRunLog
 
     with pytest.raises(RuntimeError, match="stop here"):
-        runner._tune(dataclasses.replace(CELL, trials=2), data, NullRunLog(), CPU,
+        runner.tune_candidates(dataclasses.replace(CELL, trials=2), data, NullRunLog(), CPU,
                      TuneOptions(str(tmp_path / "optuna.journal")))
     assert seen["seed"] == CELL.repetition_seed(0)
     assert seen["train"] == images(repetitions.cut(CELL, data, 0).train_x)

@@ -217,7 +217,7 @@ def test_a_collapsed_final_fit_falls_back_to_the_runner_up(store, data, monkeypa
     monkeypatch.setitem(MODELS, "constant", Constant)
     cell = dataclasses.replace(CELLS[0], seeds=1)
     ranked = [dataclasses.replace(cell, model="constant"), dataclasses.replace(cell, lr=0.05)]
-    monkeypatch.setattr(runner, "_tune", lambda *a, **k: ranked)
+    monkeypatch.setattr(runner, "tune_candidates", lambda *a, **k: ranked)
     assert [o.status for o in run(store, data, cells=[cell])] == ["finished"]
     rep = runs_of(store, "repetition").iloc[0]
     assert rep["tags.outcome"] == "ok" and rep["params.final_attempt"] == "2"
@@ -269,7 +269,7 @@ def test_a_diverging_final_fit_falls_back_to_the_runner_up(store, data, monkeypa
 
     cell = dataclasses.replace(CELLS[0], seeds=1)
     ranked = [dataclasses.replace(cell, lr=99.0), dataclasses.replace(cell, lr=0.05)]
-    monkeypatch.setattr(runner, "_tune", lambda *a, **k: ranked)
+    monkeypatch.setattr(runner, "tune_candidates", lambda *a, **k: ranked)
     real_fit = repetitions.fit
 
     def fit(*args, lr, **kw):

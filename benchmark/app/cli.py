@@ -11,7 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
-from benchmark.app import perf, register
+from benchmark.app import gpu_check, perf, register
 from benchmark.app.console import Console, one_line_warnings, quiet_libraries
 from benchmark.data import SOURCES, default_data_dir, resolve_name
 from benchmark.errors import UserError
@@ -258,11 +258,12 @@ def parser() -> argparse.ArgumentParser:
     _report_parser(sub)
     perf.add_parser(sub)
     register.add_parser(sub)
+    gpu_check.add_parser(sub)
     return p
 
 
 COMMANDS = {"train": cmd_train, "run": cmd_run, "report": cmd_report, "results": cmd_report,
-            "perf": perf.run, "register": register.run}
+            "perf": perf.run, "register": register.run, "gpu-check": gpu_check.run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,7 +73,7 @@ def _record_cell(run: Recorder, cell: Cell, data: Dataset, device: torch.device,
                   "classes": tag_json(list(data.classes)), **tags})
 
 
-def _tune(cell: Cell, data: Dataset, run: Recorder, device: torch.device,
+def tune_candidates(cell: Cell, data: Dataset, run: Recorder, device: torch.device,
           tuning: TuneOptions | None) -> list[Cell]:
     """The cell with its searched fields tuned (lr, sigma) on repetition 0's validation
     split, and after it the cell as the runners-up tuned it, best first; just the cell when
@@ -100,7 +100,7 @@ def run_cell(cell: Cell, data: Dataset, run: Recorder, device: torch.device,
              tuning: TuneOptions | None = None, say=lambda *_: None) -> int:
     """Tune the cell once, then train `repetitions` (default: all of its seeds) as runs nested
     under `run`; returns how many of them learned."""
-    candidates = _tune(cell, data, run, device, tuning)
+    candidates = tune_candidates(cell, data, run, device, tuning)
     learned = 0
     for r in range(cell.seeds) if repetitions is None else repetitions:
         say(f"repetition {r + 1} of {cell.seeds} ...")
