@@ -51,6 +51,14 @@ def test_the_options_become_submitit_parameters():
     assert short == {"job_name": "t", "time": 2, "signal_delay_s": 24}
 
 
+def test_the_help_lists_the_slurm_options(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--launcher {local,slurm}" in out and "runs/slurm/%j, %j the job id" in out
+
+
 def test_bad_options_stop_the_command_in_one_line(capsys):
     assert main(["run", "--slurm-partition", "gpu", "--no-wait"]) == 2  # launcher local
     err = capsys.readouterr().err.strip().splitlines()

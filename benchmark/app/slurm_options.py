@@ -86,8 +86,8 @@ def _count(low: int):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("SLURM (--launcher slurm; README: On a SLURM cluster)")
-    s.add_argument("--slurm-partition", default=None, help="the partition (default: the "
-                   "cluster's default partition)")
+    s.add_argument("--slurm-partition", default=None, metavar="NAME",
+                   help="the partition (default: the cluster's default partition)")
     s.add_argument("--slurm-time", type=_count(1), default=None, metavar="MINUTES",
                    help="each job's time limit (default 60); at the limit a job is requeued "
                         "and resumes")
@@ -100,8 +100,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "account=proj, mem=16G, or a flag alone (repeatable)")
     s.add_argument("--slurm-setup", action="append", default=[], metavar="LINE",
                    help="a shell line each job runs first, e.g. 'module load cuda' (repeatable)")
-    s.add_argument("--slurm-folder", default=None, help="the jobs' logs and submitit's files "
-                   f"(default {DEFAULT_FOLDER}, %%j the job id); on a file system the nodes mount")
+    s.add_argument("--slurm-folder", default=None, metavar="DIR",
+                   help="the jobs' logs and submitit's files "
+                   f"(default {DEFAULT_FOLDER.replace('%', '%%')}, %%j the job id); on a file "
+                   "system the nodes mount")
     s.add_argument("--slurm-requeues", type=_count(0), default=None, metavar="N",
                    help="how often a job may hit its time limit and be requeued (default 10)")
     s.add_argument("--slurm-shared-fs", action="store_true",
