@@ -11,7 +11,8 @@ OPTUNA_STORAGE ?= $(STORE)/optuna.journal
 PORT    ?= 5000
 DASHBOARD_PORT ?= 8080
 
-.PHONY: install test test-fast benchmark report results ui dashboard perf gpu-check services services-stop lint clean
+.PHONY: install test test-fast benchmark report results ui dashboard perf gpu-check services \
+        services-stop slurm slurm-stop lint clean
 
 install: $(VENV)
 
@@ -76,6 +77,13 @@ services: install
 
 services-stop:
 	tracking/services.sh stop
+
+# a one-node SLURM cluster on this machine (Debian's slurm-wlm and munge) in .slurm/, as root
+slurm:
+	tracking/slurm.sh start
+
+slurm-stop:
+	tracking/slurm.sh stop
 
 clean:
 	rm -rf runs reports .pytest_cache

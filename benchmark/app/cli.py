@@ -11,7 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
-from benchmark.app import gpu_check, perf, register
+from benchmark.app import gpu_check, launchers, perf, register
 from benchmark.app.console import Console, one_line_warnings, quiet_libraries
 from benchmark.data import SOURCES, default_data_dir, resolve_name
 from benchmark.errors import UserError
@@ -118,7 +118,9 @@ def _run_parser(sub) -> None:
                    help="MLflow store (env MLFLOW_TRACKING_URI, default sqlite:///runs/mlflow.db)")
     p.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
     p.add_argument("--workers", type=_number(int, 1), default=None,
-                   help="worker processes sharing the grid (default: one per GPU, else 1)")
+                   help="workers sharing the grid: processes here (default: one per GPU, "
+                        "else 1), or SLURM jobs with --launcher slurm (default 1)")
+    launchers.add_arguments(p)
     t = _trial_args(p)
     t.add_argument("--timeout", type=_positive(float), default=None,
                    help="stop each cell's study after this many seconds")
@@ -130,35 +132,35 @@ def _run_parser(sub) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Check everything (grid, device, both stores) before any data is read, then run the
-    cells here or in worker processes, and end with the results table and the report."""
-    import torch
-
+    """Check everything (launcher options, grid, device, both stores) before any data is
+    read, then run the cells here, in worker processes or in SLURM jobs, and end with the
+    results table and the report (not when SLURM jobs are submitted without waiting)."""
     from benchmark.app.runner import Invocation
-    from benchmark.app.workers import WorkerPlan, spawn, work
+    from benchmark.app.workers import WorkerPlan
     from benchmark.cells import expand
-    from benchmark.train import resolve_device
     from studies import open_studies
     from tracking.store import Store
 
+    launcher = launchers.launcher(args)  # bad --slurm-* options, unshareable stores stop here
     filters = {"model": args.model, "variant": args.variant, "augment": args.augment}
     entries = expand(args.grid, args.profile, args.dataset, filters, _overrides(args))
     if not entries:
         raise UserError(f"no cell of grid {args.grid!r} matches {filters}")
-    device = resolve_device(args.device)
+    device = launcher.device(args.device)  # on SLURM: resolved by each job on its node
     open_studies(args.storage)  # a malformed or unreachable Optuna storage fails here
     source, why = resolve_name(args.dataset, Path(args.data_dir or default_data_dir()))
     store = Store(args.tracking_uri, f"tailbench/{source}/{args.profile}")  # and the tracking
     invocation = Invocation(uuid.uuid4().hex[:12], args.force,
                             {"grid": args.grid, "profile": args.profile, "dataset": source,
                              "device": str(device), "started_ms": str(_started_ms())})
+    compute = launcher.compute_device(args.device)
     entries = [dataclasses.replace(e, cell=dataclasses.replace(
         e.cell, dataset=source, precision=resolve_precision(
-            e.cell.precision if args.precision == "auto" else args.precision, device)))
+            e.cell.precision if args.precision == "auto" else args.precision, compute)))
         for e in entries]  # the dataset and precision each cell runs with: in its key
-    plan = WorkerPlan(tuple(entries), source, args.data_dir, args.device,
+    plan = launcher.prepare(WorkerPlan(tuple(entries), source, args.data_dir, args.device,
         store.uri, store.experiment_name, _tuning(args), invocation,
-        progress=sys.stderr.isatty())
+        progress=sys.stderr.isatty()))  # for SLURM: absolute paths, no bars
     console = Console()
     if args.dataset == "auto":
         console.note(f"dataset auto -> {source} ({why})")
@@ -166,15 +168,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.note(f"{n} cell{'s' * (n != 1)} of grid {args.grid!r} ({args.profile}) on {source}, "
                  f"{device}; MLflow {store.uri}, experiment {store.experiment_name}, "
                  f"run {invocation.id}")
-    workers = args.workers or (torch.cuda.device_count() if device.type == "cuda" else 1)
-    if workers > 1:
-        codes = spawn(plan, workers)
-        failed = [f"worker {i + 1} exited with {c}" for i, c in enumerate(codes) if c]
-    else:
-        failed = [f"{o.cell.name}: {o.error}" for o in work(plan) if o.status == "failed"]
-    df = _finish(store, invocation.id, report=not args.no_report)
+    failed = launcher.run(plan, args.workers)
+    if failed is None:  # SLURM jobs submitted, not waited for
+        return 0
+    try:
+        df = _finish(store, invocation.id, report=not args.no_report)
+    except UserError:  # no cell of this run was recorded: say why, if a worker failed
+        if not failed:
+            raise
+        df = None
     for line in failed:
         console.note(f"failed: {line}")
+    if df is None:
+        return 1
     ok = set(df.loc[df["outcome"] == "ok", "cell_key"]) if len(df) else set()
     return int(bool(failed) or any(e.cell.key not in ok for e in plan.entries))
 
