@@ -35,6 +35,8 @@ def log_model(client: MlflowClient, run_id: str, model: torch.nn.Module, example
     mlflow.set_tracking_uri(client.tracking_uri)  # log_model reads the process's tracking URI
     with warnings.catch_warnings():  # torch.export's packager, on weights that are on the CPU
         warnings.filterwarnings("ignore", "No complete tensor found in the group")
+        # nn.RNN re-assigns its flat weight list when traced: harmless for an exported copy
+        warnings.filterwarnings("ignore", "The tensor attributes .* were assigned during export")
         info = _log(net, x, out, run_id, tags)
     return info.model_id
 
