@@ -4,6 +4,10 @@ the report. The only package that imports mlflow."""
 import logging
 import os
 
+# before mlflow is first imported, by any module of the package
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 
 def quiet_logs() -> None:
     """MLflow's database messages ("Creating initial MLflow database tables...") and
