@@ -29,7 +29,7 @@ import torch
 from benchmark.cells import Cell
 from benchmark.data import Dataset
 from benchmark.recording import Recorder
-from studies.locks import open_locks
+from studies.locks import locks_place, open_locks
 from studies.objective import Objective, tuning_data
 from studies.space import SPACE, Param, check_space, searched, starting_point
 from studies.storage import is_journal, masked, open_studies, storage_url
@@ -153,7 +153,8 @@ def _optimize(study: optuna.Study, cell: Cell, data: Dataset, device: torch.devi
     workers = Workers(study, open_locks(url), is_journal(url), cell.trials, deadline,
                       options.progress)
     return workers.run(lambda: Objective(cell, tuning_data(data, seed, device), device, run,
-                                         space, seed), options.jobs)
+                                         space, seed, {"locks": locks_place(url)}),
+                       options.jobs)
 
 
 def _result(study: optuna.Study, space: list[Param], seed: int, url: str) -> TuneResult:

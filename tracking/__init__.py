@@ -17,3 +17,5 @@ def quiet_logs() -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # its SQL, logged as an ERROR just before the exception that tailbench reports in a line
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)

@@ -93,12 +93,16 @@ class RunLog:
         self.client.set_terminated(self.run_id, status=status, end_time=now_ms())
         self.status = status
 
-    def end_lost(self, run_ids: list[str], reason: str) -> None:
-        """End runs that a dead worker left RUNNING as FAILED, with the reason."""
+    def end_lost(self, run_ids: list[str], reason: str) -> int:
+        """End runs that a dead worker left RUNNING as FAILED, with the reason; how many
+        were still RUNNING (each is read again first)."""
+        ended = 0
         for run_id in run_ids:
             if self.client.get_run(run_id).info.status == "RUNNING":
                 RunLog(self.client, run_id, self.experiment_id).set_tags({"error": reason})
                 self.client.set_terminated(run_id, status="FAILED", end_time=now_ms())
+                ended += 1
+        return ended
 
     @contextmanager
     def child(self, name: str, kind: str, tags: dict[str, object] | None = None
@@ -122,8 +126,9 @@ def ended_run(log: RunLog) -> Iterator[RunLog]:
         full = no_space(e) and not isinstance(e, NoSpace)
         if full:  # the reserve's space lets this run, and its parents, end FAILED
             access.release_reserve(log.client.tracking_uri)
+            first = (str(e).strip().splitlines() or [""])[0][:200]
             why = f"no space left on {access.where_full(log.client.tracking_uri, e)} " \
-                  f"({type(e).__name__}: {e}); free some space, then run again"
+                  f"({type(e).__name__}: {first}); free some space, then run again"
         else:
             why = str(e) if isinstance(e, NoSpace) else f"{type(e).__name__}: {e}"
         if log.status is None:  # not already ended on purpose (a pruned trial is KILLED)

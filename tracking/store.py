@@ -58,6 +58,11 @@ class Store:
         except Exception as e:  # sqlalchemy's, requests' and MLflow's own errors
             raise access.explain(self.uri, e) from None
 
+    def local_folder(self) -> Path | None:
+        """The folder of a local store's database and artifacts; None for a server's."""
+        db = access.local_db(self.uri)
+        return db.parent if db else None
+
     def _artifact_location(self) -> str | None:
         # keep a local store's artifacts next to its database, not in ./mlruns
         if self.uri.startswith("sqlite:///"):
@@ -116,9 +121,9 @@ class Store:
         """An existing run (another worker's cell run, to nest trials under)."""
         return RunLog(self.client, run_id, self.experiment_id)
 
-    def end_lost(self, run_ids: list[str], reason: str) -> None:
-        """End runs that a dead worker left RUNNING as FAILED, with the reason."""
-        RunLog(self.client, "", self.experiment_id).end_lost(run_ids, reason)
+    def end_lost(self, run_ids: list[str], reason: str) -> int:
+        """End runs that a dead worker left RUNNING as FAILED, with the reason; how many."""
+        return RunLog(self.client, "", self.experiment_id).end_lost(run_ids, reason)
 
     @contextmanager
     def cell_run(self, name: str, tags: dict[str, object], reopen: str | None = None
