@@ -12,6 +12,8 @@ Each trial is a nested MLflow run under the cell's run (handed in as a duck-type
   toward the cell's trial budget, so a study whose space diverges still ends.
 - Anything else: FAILED with the error (the RunLog's context does that), and the study stops,
   because such an error (a bug, a full disk) would repeat in every trial.
+- Ctrl-C: KILLED; Optuna fails the trial and its parameters are queued again, so the next run
+  tries that point first, as after a dead worker (studies/sampler.py: resume = uninterrupted).
 """
 
 from __future__ import annotations
@@ -74,13 +76,20 @@ class Objective:
         # its worker, and the next `tailbench run` ends it (benchmark/app/safety.py)
         tags = {"trial_number": trial.number, "study": trial.study.study_name,
                 "worker": trial.user_attrs.get(WORKER, ""), **self.run_tags}
-        with self.run.child(f"trial {trial.number}", "trial", tags=tags) as log:
-            trial.set_user_attr("mlflow_run_id", log.run_id)
-            log.log_params({"trial_number": trial.number, **params})
-            value = self._train(trial, params, log)
-            log.set_tags({"state": "COMPLETE"})
-            log.log_metrics({"value": value})
-            return value
+        try:
+            with self.run.child(f"trial {trial.number}", "trial", tags=tags) as log:
+                trial.set_user_attr("mlflow_run_id", log.run_id)
+                log.log_params({"trial_number": trial.number, **params})
+                value = self._train(trial, params, log)
+                log.set_tags({"state": "COMPLETE"})
+                log.log_metrics({"value": value})
+                return value
+        except KeyboardInterrupt:
+            # Optuna fails the trial; its point is queued again, as a dead worker's is, so the
+            # next run starts with it and the study goes on as if never stopped
+            # (studies/sampler.py)
+            trial.study.enqueue_trial(params, user_attrs={"retry_of": trial.number})
+            raise
 
     def _train(self, trial: optuna.Trial, params: dict[str, float], log) -> float:
         # the trial's cell: the searched fields replaced, so a new entry in the space reaches
