@@ -16,10 +16,13 @@ from contextlib import nullcontext
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import optuna
 from filelock import FileLock
+from optuna.storages.journal import JournalFileBackend
 
 from benchmark.errors import UserError
 from benchmark.localfs import MB, SQLITE_HEADER, space_problem, sqlite_problem, write_problem
+from studies.journal import TornSafeLock, repair
 
 DEFAULT_JOURNAL = Path("runs") / "optuna.journal"
 HEARTBEAT_S = int(os.environ.get("TAILBENCH_HEARTBEAT", "10"))  # seconds between heartbeats
@@ -130,8 +133,6 @@ def _make_parent(path: Path, url: str) -> None:
 def _retry_stale():
     """Optuna's callback that queues a dead worker's trial again (experimental in Optuna 5:
     its warning is silenced here rather than shown to every user at every start)."""
-    import optuna
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
@@ -139,17 +140,13 @@ def _retry_stale():
 
 def open_studies(storage: str | Path | None = None):
     """An Optuna storage object for `storage` (see the module docstring), folders created."""
-    import optuna
-
     url = storage_url(storage)
     path = local_path(url)
     if path is not None:
         _make_parent(path, url)
         _check_local(path, url)
     if is_journal(url):
-        from optuna.storages.journal import JournalFileBackend
-
-        return optuna.storages.JournalStorage(JournalFileBackend(url))
+        return _journal(url)
     try:
         # a fresh SQLite file gets its tables from one process at a time: two at once race
         # (one dies with "table ... already exists"); the lock is the OS's, gone with its holder
@@ -159,9 +156,28 @@ def open_studies(storage: str | Path | None = None):
         raise StorageError(_rdb_problem(url, e)) from None
 
 
-def _rdb(url: str):
-    import optuna
+def _journal(url: str):
+    """The journal storage, its torn records set aside (studies/journal.py): one at its end
+    now, under Optuna's own lock, and before every append after."""
+    lock = TornSafeLock(url)
+    lock.acquire()
+    lock.release()
+    try:
+        return optuna.storages.JournalStorage(JournalFileBackend(url, lock_obj=lock))
+    except ValueError:  # a line that is not a record: mended where it can be, then again
+        lock.acquire()
+        try:
+            repair(Path(url))
+        except ValueError as e:
+            raise StorageError(f"Optuna journal {url} is damaged: {e}; move the file aside "
+                               "(its studies then start again) or pass another --storage"
+                               ) from None
+        finally:
+            lock.release()
+        return optuna.storages.JournalStorage(JournalFileBackend(url, lock_obj=lock))
 
+
+def _rdb(url: str):
     # heartbeats let a worker that died (kill -9, a lost machine) be found out: its trial
     # is failed after the grace period and retried with the same parameters
     with warnings.catch_warnings():  # heartbeat_interval is "experimental" since v2.8
