@@ -70,3 +70,11 @@ def resnet50(num_classes: int = 10, in_shape=(3, 32, 32)) -> nn.Module:
     if in_shape[0] != 3:
         raise ValueError(f"resnet50 takes 3-channel images, got in_shape {in_shape}")
     return nn.Sequential(tv_resnet50(weights=None), nn.Linear(1000, num_classes))
+
+
+def weight_bytes(name: str, num_classes: int = 10) -> int:
+    """The bytes of a network's fp32 weights (what its saved model roughly weighs), counted on
+    the meta device: nothing is allocated."""
+    with torch.device("meta"):
+        model = create_model(name, num_classes)
+    return 4 * sum(p.numel() for p in model.parameters())

@@ -23,7 +23,7 @@ from typing import Protocol
 import sqlalchemy
 from filelock import FileLock, Timeout
 
-from studies.storage import StorageError, is_journal, masked, storage_url
+from studies.storage import StorageError, is_journal, local_path, masked, storage_url
 
 
 class Held:
@@ -142,3 +142,30 @@ def _locks(url: str) -> Locks:
 def open_locks(storage: str | Path | None = None) -> Locks:
     """The locks that go with a study storage (see the module docstring)."""
     return _locks(storage_url(storage))
+
+
+def cell_lock(key: str) -> str:
+    """The name of the lock a cell's owner holds while it trains the cell's final fits."""
+    return f"cell {key}"
+
+
+def worker_lock(worker: str) -> str:
+    """The name of the lock a worker holds while it runs a study's trials."""
+    return f"worker {worker}"
+
+
+def is_free(locks: Locks, name: str) -> bool:
+    """Whether nobody holds the lock now (its holder, if any, has died or let go)."""
+    held = locks.try_hold(name)
+    if held is None:
+        return False
+    held.release()
+    return True
+
+
+def locks_place(storage: str | Path | None = None) -> str:
+    """Where the locks of a study storage live, the same string from any working folder: a
+    run records it, and only a worker with the same locks can judge whether its owner lives."""
+    url = storage_url(storage)
+    path = local_path(url)
+    return str(path.resolve()) if path is not None else masked(url)

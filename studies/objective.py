@@ -12,6 +12,8 @@ Each trial is a nested MLflow run under the cell's run (handed in as a duck-type
   toward the cell's trial budget, so a study whose space diverges still ends.
 - Anything else: FAILED with the error (the RunLog's context does that), and the study stops,
   because such an error (a bug, a full disk) would repeat in every trial.
+- Ctrl-C: KILLED; Optuna fails the trial and its parameters are queued again, so the next run
+  tries that point first, as after a dead worker (studies/sampler.py: resume = uninterrupted).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from benchmark.data.sampling import stratified_split
 from benchmark.recording import Recorder
 from benchmark.train import Diverged, Split, build_model, fit
 from studies.space import SPACE, Param, suggest
+from studies.trials import WORKER
 
 VALIDATION_FRACTION = 0.1  # of every class of the cell's training set (at least one image)
 # build_model seeds torch's global RNG; with --jobs > 1 two trials must not interleave there
@@ -61,20 +64,32 @@ class Objective:
     """Callable for `study.optimize`: one trial = one fit of `cell.epochs` epochs."""
 
     def __init__(self, cell: Cell, data: TuningData, device: torch.device, run: Recorder,
-                 space: tuple[Param, ...] = SPACE, seed: int | None = None):
+                 space: tuple[Param, ...] = SPACE, seed: int | None = None,
+                 run_tags: dict[str, str] | None = None):
         self.cell, self.data, self.device, self.run, self.space = cell, data, device, run, space
         self.seed = cell.repetition_seed(0) if seed is None else seed
+        self.run_tags = run_tags or {}  # on every trial's run (where its workers' locks live)
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = suggest(trial, self.cell, self.space)
-        tags = {"trial_number": trial.number, "study": trial.study.study_name}
-        with self.run.child(f"trial {trial.number}", "trial", tags=tags) as log:
-            trial.set_user_attr("mlflow_run_id", log.run_id)
-            log.log_params({"trial_number": trial.number, **params})
-            value = self._train(trial, params, log)
-            log.set_tags({"state": "COMPLETE"})
-            log.log_metrics({"value": value})
-            return value
+        # the worker running it: a trial run left RUNNING whose worker's lock is free has lost
+        # its worker, and the next `tailbench run` ends it (benchmark/app/safety.py)
+        tags = {"trial_number": trial.number, "study": trial.study.study_name,
+                "worker": trial.user_attrs.get(WORKER, ""), **self.run_tags}
+        try:
+            with self.run.child(f"trial {trial.number}", "trial", tags=tags) as log:
+                trial.set_user_attr("mlflow_run_id", log.run_id)
+                log.log_params({"trial_number": trial.number, **params})
+                value = self._train(trial, params, log)
+                log.set_tags({"state": "COMPLETE"})
+                log.log_metrics({"value": value})
+                return value
+        except KeyboardInterrupt:
+            # Optuna fails the trial; its point is queued again, as a dead worker's is, so the
+            # next run starts with it and the study goes on as if never stopped
+            # (studies/sampler.py)
+            trial.study.enqueue_trial(params, user_attrs={"retry_of": trial.number})
+            raise
 
     def _train(self, trial: optuna.Trial, params: dict[str, float], log) -> float:
         # the trial's cell: the searched fields replaced, so a new entry in the space reaches

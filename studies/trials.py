@@ -35,7 +35,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from studies.locks import Held, Locks
+from studies.locks import Held, Locks, is_free, worker_lock
 from studies.summary import FINISHED
 
 POLL_S = 1.0  # how often a worker waiting for other workers' trials looks again
@@ -44,10 +44,6 @@ WORKER = "worker"  # the trial's user attribute: who runs it
 
 def _gate(study: optuna.Study) -> str:
     return f"trials of {study.study_name}"
-
-
-def _worker_lock(worker: str) -> str:
-    return f"worker {worker}"
 
 
 class Workers:
@@ -86,7 +82,7 @@ class Workers:
 
     def _loop(self, make) -> None:
         me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        alive = self.locks.hold(_worker_lock(me))  # free again when this worker dies
+        alive = self.locks.hold(worker_lock(me))  # free again when this worker dies
         try:
             while self.deadline is None or time.monotonic() < self.deadline:
                 gate = self.locks.hold(_gate(self.study))
@@ -136,11 +132,7 @@ class Workers:
             return False
         if not self.journal:  # heartbeats judge it (fail_stale_trials above)
             return True
-        held = self.locks.try_hold(_worker_lock(worker))
-        if held is None:
-            return True
-        held.release()
-        return False
+        return not is_free(self.locks, worker_lock(worker))
 
 
 class _Marked:

@@ -1,6 +1,8 @@
 """tune_cell: one Optuna study per cell, resumed where it stopped, trials as nested runs.
 
-Sampler: TPE, seeded from the cell. Pruner: MedianPruner(n_startup_trials=2,
+Sampler: TPE, seeded from the cell and from each trial's index among the trials that did not
+fail (studies/sampler.py), so a study resumed after a kill or a Ctrl-C proposes what it would
+have proposed without the stop. Pruner: MedianPruner(n_startup_trials=2,
 n_warmup_steps=max(1, epochs // 3)): a trial stops when its best validation balanced accuracy
 so far is below the median of the completed trials at the same epoch, from the third trial on
 and once a third of its epochs are done. Not earlier, because early curves of plain SGD cross:
@@ -29,8 +31,9 @@ import torch
 from benchmark.cells import Cell
 from benchmark.data import Dataset
 from benchmark.recording import Recorder
-from studies.locks import open_locks
+from studies.locks import locks_place, open_locks
 from studies.objective import Objective, tuning_data
+from studies.sampler import IndexedSampler
 from studies.space import SPACE, Param, check_space, searched, starting_point
 from studies.storage import is_journal, masked, open_studies, storage_url
 from studies.summary import StudySummary, summarize
@@ -81,19 +84,21 @@ def default_pruner(cell: Cell) -> optuna.pruners.BasePruner:
                                        n_warmup_steps=max(1, cell.epochs // 3))
 
 
-def make_sampler(cell: Cell, trials_so_far: int) -> optuna.samplers.BaseSampler:
+def make_sampler(cell: Cell) -> optuna.samplers.BaseSampler:
     """TPE seeded from the cell's study key, so every cell explores points of its own (a seed
-    shared by all cells made every study try the same learning rates); the seed moves on with
-    the trials already in the study, so a resumed study does not redraw the random start-up
-    points it tried before. Half the budget (2..10 trials) is random start-up, the rest is
-    TPE's model."""
-    seed = (int(study_key(cell), 16) + trials_so_far) % 2**32
-    return optuna.samplers.TPESampler(seed=seed,
-                                      n_startup_trials=min(10, max(2, cell.trials // 2)))
+    shared by all cells made every study try the same learning rates), and from the trial's
+    index among the study's trials that did not fail (studies/sampler.py): a study resumed
+    after a kill or a Ctrl-C proposes the points it would have proposed without the stop,
+    and never redraws the start-up points it tried before. Half the budget (2..10 trials) is
+    random start-up, the rest is TPE's model."""
+    key = int(study_key(cell), 16)
+    startup = min(10, max(2, cell.trials // 2))
+    return IndexedSampler(lambda index: optuna.samplers.TPESampler(
+        seed=(key + index) % 2**32, n_startup_trials=startup))
 
 
 def _open_study(cell: Cell, storage, pruner) -> optuna.Study:
-    """The cell's study, created on first use, loaded with a sampler that suits its progress."""
+    """The cell's study, created on first use, loaded with its sampler and pruner."""
     name = study_name(cell)
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
                                 load_if_exists=True)
@@ -101,9 +106,7 @@ def _open_study(cell: Cell, storage, pruner) -> optuna.Study:
         with warnings.catch_warnings():  # "experimental" since Optuna 3.2: known, and used
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([OBJECTIVE])
-    so_far = len(study.get_trials(deepcopy=False))
-    return optuna.load_study(study_name=name, storage=storage,
-                             sampler=make_sampler(cell, so_far),
+    return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(cell),
                              pruner=pruner or default_pruner(cell))
 
 
@@ -153,7 +156,8 @@ def _optimize(study: optuna.Study, cell: Cell, data: Dataset, device: torch.devi
     workers = Workers(study, open_locks(url), is_journal(url), cell.trials, deadline,
                       options.progress)
     return workers.run(lambda: Objective(cell, tuning_data(data, seed, device), device, run,
-                                         space, seed), options.jobs)
+                                         space, seed, {"locks": locks_place(url)}),
+                       options.jobs)
 
 
 def _result(study: optuna.Study, space: list[Param], seed: int, url: str) -> TuneResult:

@@ -4,6 +4,7 @@ from a real SQLite MLflow store, on a tiny learnable dataset."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import optuna
 import pytest
@@ -189,7 +190,7 @@ def test_each_cell_samples_points_of_its_own():
     from studies.tune import make_sampler
 
     def first_lrs(cell, n=4):
-        study = optuna.create_study(sampler=make_sampler(cell, 0), direction="maximize")
+        study = optuna.create_study(sampler=make_sampler(cell), direction="maximize")
         study.optimize(lambda t: t.suggest_float("lr", 1e-3, 3.0, log=True), n_trials=n)
         return [t.params["lr"] for t in study.trials]
 
@@ -198,6 +199,39 @@ def test_each_cell_samples_points_of_its_own():
     assert not set(first_lrs(PLAIN)) & set(first_lrs(other))
     # the budget is not part of the key: the random start-up points stay the same
     assert first_lrs(dataclasses.replace(PLAIN, trials=9), 2) == first_lrs(PLAIN, 2)
+
+
+def test_a_failed_trial_and_its_retry_leave_the_proposals_as_they_were():
+    """The sampler's proposal for a trial depends on its index among the trials that did not
+    fail: a study whose trial 1 failed (a dead worker, Ctrl-C), was queued again and resumed by
+    a new process proposes the same points as one that never stopped (seeding a new sampler
+    with the trials so far, as before, drew other points)."""
+    from studies.tune import make_sampler
+
+    cell = dataclasses.replace(PLAIN, trials=8)
+
+    def objective(t):
+        return -abs(math.log(t.suggest_float("lr", 1e-3, 3.0, log=True)) + 3)
+
+    def points(fail_at=None):
+        storage = optuna.storages.InMemoryStorage()
+        study = optuna.create_study(storage=storage, sampler=make_sampler(cell),
+                                    direction="maximize")
+        for _ in range(8):
+            trial = study.ask()
+            value = objective(trial)
+            if trial.number == fail_at:  # failed, queued again, resumed by a new process
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                study.enqueue_trial(trial.params)
+                study = optuna.load_study(study_name=study.study_name, storage=storage,
+                                          sampler=make_sampler(cell))
+                continue
+            study.tell(trial, value)
+        return [t.params["lr"] for t in study.trials if t.state.name == "COMPLETE"]
+
+    uninterrupted, resumed = points(), points(fail_at=1)
+    assert resumed == uninterrupted[:len(resumed)] and len(resumed) == 7
+    assert len(set(uninterrupted)) == 8  # random start-up points, then TPE's own (after 4)
 
 
 def test_the_default_pruner_prunes_a_poor_third_trial():
@@ -229,7 +263,7 @@ def test_storage_paths_journal_folder_sqlite_and_dashboard(tmp_path, monkeypatch
     assert storage_url(None).endswith("optuna.journal")
     monkeypatch.setenv("TAILBENCH_STORAGE", "sqlite:///shared/optuna.db")  # make services
     assert storage_url(None) == "sqlite:///shared/optuna.db"
-    with pytest.raises(ValueError, match="cannot be opened.*server is up"):
+    with pytest.raises(ValueError, match="cannot be opened.*cannot be reached"):
         open_studies("postgresql://nobody:pw@127.0.0.1:1/optuna")  # nothing listens on port 1
     with pytest.raises(ValueError, match="is a folder"):
         storage_url(tmp_path)

@@ -4,6 +4,10 @@ the report. The only package that imports mlflow."""
 import logging
 import os
 
+# before mlflow is first imported, by any module of the package
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 
 def quiet_logs() -> None:
     """MLflow's database messages ("Creating initial MLflow database tables...") and
@@ -13,3 +17,5 @@ def quiet_logs() -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # its SQL, logged as an ERROR just before the exception that tailbench reports in a line
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)

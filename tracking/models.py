@@ -38,7 +38,25 @@ def log_model(client: MlflowClient, run_id: str, model: torch.nn.Module, example
         # nn.RNN re-assigns its flat weight list when traced: harmless for an exported copy
         warnings.filterwarnings("ignore", "The tensor attributes .* were assigned during export")
         info = _log(net, x, out, run_id, tags)
+    _check_whole(client, info.model_id, sum(p.numel() * p.element_size()
+                                            for p in net.parameters()))
     return info.model_id
+
+
+def _check_whole(client: MlflowClient, model_id: str, weights: int) -> None:
+    """The store holds the model's MLmodel and at least its weights' bytes (a copy cut short
+    by a full disk or a lost connection is an error, and the run does not end FINISHED)."""
+    sizes: dict[str, int] = {}
+    folders = [None]
+    while folders:
+        for info in client.list_logged_model_artifacts(model_id, folders.pop()):
+            if info.is_dir:
+                folders.append(info.path)
+            else:
+                sizes[info.path] = info.file_size or 0
+    if "MLmodel" not in sizes or sum(sizes.values()) < weights:
+        raise OSError(f"logged model {model_id}: the store holds {sum(sizes.values())} bytes "
+                      f"in {len(sizes)} files, less than its {weights} bytes of weights")
 
 
 def _log(net: torch.nn.Module, x: torch.Tensor, out: torch.Tensor, run_id: str, tags: dict):

@@ -7,33 +7,24 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+from mlflow import MlflowClient
+from mlflow.entities import RunTag
 
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-
-from benchmark.errors import UserError  # noqa: E402
-from tracking.models import log_model  # noqa: E402
+from tracking import access
+from tracking.access import NoSpace, TrackingError  # noqa: F401 - callers catch them
+from tracking.runs import KIND, RunLog, ended_run, now_ms
 
 DEFAULT_URI = "sqlite:///runs/mlflow.db"
-KIND = "tailbench_kind"  # tag: "cell" (top level), "repetition" or "trial" (nested under it)
 # MLflow 3's UI opens an experiment on its GenAI (traces) pages unless told it trains models
 KIND_TAG = {"mlflow.experimentKind": "custom_model_development"}
 
 
 LAST_INVOCATION = "tailbench.last_invocation"  # experiment tags: the latest `tailbench run`
 LAST_INVOCATION_MS = "tailbench.last_invocation_ms"  # ... and when it started
-
-
-class TrackingError(UserError, ValueError):
-    """The tracking store cannot be used; the message says which and how to fix it."""
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -49,117 +40,28 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _now() -> int:
-    return int(time.time() * 1000)
-
-
-class RunLog:
-    """One open MLflow run, addressed by id (safe to use from several threads); a
-    benchmark.recording.Recorder."""
-
-    def __init__(self, client: MlflowClient, run_id: str, experiment_id: str):
-        self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
-        self.status: str | None = None  # set once this process ends the run
-
-    def log_params(self, params: dict[str, object]) -> None:
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-
-    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        """Every metric of one step in one call."""
-        t = _now()
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), t, step)
-                                                    for k, v in metrics.items()])
-
-    def log_curves(self, history: list[dict[str, float]]) -> None:
-        """Per-epoch metrics (epoch i+1 = history[i]) in as few calls as MLflow allows."""
-        t = _now()
-        metrics = [Metric(k, float(v), t, epoch) for epoch, m in enumerate(history, 1)
-                   for k, v in m.items()]
-        for start in range(0, len(metrics), 1000):  # MLflow takes 1000 metrics a batch
-            self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
-
-    def set_tags(self, tags: dict[str, object]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
-    def log_dataset(self, name: str, digest: str, path: str, context: str,
-                    tags: dict[str, str] | None = None) -> None:
-        from mlflow.data.meta_dataset import MetaDataset
-        from mlflow.data.sources import LocalArtifactDatasetSource
-
-        ds = MetaDataset(LocalArtifactDatasetSource(path or name), name=name, digest=digest[:36])
-        in_tags = [InputTag("mlflow.data.context", context)]
-        in_tags += [InputTag(k, v) for k, v in (tags or {}).items()]
-        self.client.log_inputs(self.run_id, [DatasetInput(ds._to_mlflow_entity(), in_tags)])
-
-    def log_artifacts(self, folder: Path, path: str | None = None) -> None:
-        self.client.log_artifacts(self.run_id, str(folder), path)
-
-    def log_model(self, model, example, tags: dict[str, object]) -> None:
-        """The run's logged model (tracking/models.py), linked to its step-0 metrics."""
-        log_model(self.client, self.run_id, model, example, tags)
-
-    def end(self, status: str) -> None:
-        self.client.set_terminated(self.run_id, status=status, end_time=_now())
-        self.status = status
-
-    def end_lost(self, run_ids: list[str], reason: str) -> None:
-        """End runs that a dead worker left RUNNING as FAILED, with the reason."""
-        for run_id in run_ids:
-            if self.client.get_run(run_id).info.status == "RUNNING":
-                RunLog(self.client, run_id, self.experiment_id).set_tags({"error": reason})
-                self.client.set_terminated(run_id, status="FAILED", end_time=_now())
-
-    @contextmanager
-    def child(self, name: str, kind: str, tags: dict[str, object] | None = None
-              ) -> Iterator[RunLog]:
-        """A nested run that ends FINISHED, or FAILED with the error, or KILLED on Ctrl-C."""
-        run = self.client.create_run(self.experiment_id, run_name=name, tags={
-            "mlflow.parentRunId": self.run_id, KIND: kind, **{k: str(v) for k, v in
-                                                              (tags or {}).items()}})
-        with _ended(RunLog(self.client, run.info.run_id, self.experiment_id)) as log:
-            yield log
-
-
-@contextmanager
-def _ended(log: RunLog) -> Iterator[RunLog]:
-    try:
-        yield log
-    except KeyboardInterrupt:
-        log.set_tags({"error": "interrupted (Ctrl-C)"})
-        log.end("KILLED")
-        raise
-    except BaseException as e:
-        if log.status is None:  # not already ended on purpose (a pruned trial is KILLED)
-            log.set_tags({"error": f"{type(e).__name__}: {e}"[:4000]})
-            log.end("FAILED")
-        raise
-    else:
-        if log.status is None:  # the body may end it itself (FAILED, with its reason)
-            log.end("FINISHED")
-
-
 class Store:
     """An MLflow experiment on a tracking URI; checked for reachability when opened."""
 
-    def __init__(self, uri: str | None, experiment: str):
+    def __init__(self, uri: str | None, experiment: str, write: bool = True):
+        """`write`: the command writes runs (checked now: a read-only or full store is refused
+        before any data is read); else it only reads them."""
         self.uri = tracking_uri(uri)
-        self._prepare_local(self.uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_name = experiment
-        self.experiment_id = self._experiment(experiment)
+        access.check(self.uri, write)
+        try:
+            with access.first_open(self.uri):
+                self.client = MlflowClient(tracking_uri=self.uri)
+                self.experiment_id = self._experiment(experiment, write)
+        except TrackingError:
+            raise
+        except Exception as e:  # sqlalchemy's, requests' and MLflow's own errors
+            raise access.explain(self.uri, e) from None
 
-    @staticmethod
-    def _prepare_local(uri: str) -> None:
-        if uri.startswith("sqlite:///"):
-            db = Path(uri.removeprefix("sqlite:///"))
-            try:
-                db.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise TrackingError(
-                    f"tracking store {uri}: cannot create {db.parent} ({e})") from None
-        elif "://" not in uri:
-            raise TrackingError(f"tracking URI {uri!r} is not a URI: use sqlite:///path/mlflow.db, "
-                                "http://host:5000 or postgresql://user@host/db")
+    def local_folder(self) -> Path | None:
+        """The folder of a local store's database and artifacts; None for a server's."""
+        db = access.local_db(self.uri)
+        return db.parent if db else None
 
     def _artifact_location(self) -> str | None:
         # keep a local store's artifacts next to its database, not in ./mlruns
@@ -168,23 +70,16 @@ class Store:
             return (db.parent / "artifacts").as_uri()
         return None
 
-    def _experiment(self, name: str) -> str:
-        try:
-            exp = self.client.get_experiment_by_name(name)
-            if exp is None:
-                return self.client.create_experiment(name, self._artifact_location(), tags=KIND_TAG)
-            if exp.lifecycle_stage == "deleted":
-                self.client.restore_experiment(exp.experiment_id)
-            if exp.tags.get("mlflow.experimentKind") != KIND_TAG["mlflow.experimentKind"]:
-                self.client.set_experiment_tag(exp.experiment_id, *next(iter(KIND_TAG.items())))
-            return exp.experiment_id
-        except MlflowException as e:
-            raise TrackingError(f"tracking store {self.uri} cannot be used: {e.message}. "
-                                "Check the URI, that the server is up and the credentials "
-                                "(MLFLOW_TRACKING_USERNAME/PASSWORD in the environment).") from None
-        except Exception as e:  # connection errors come through requests/sqlalchemy
-            raise TrackingError(f"tracking store {self.uri} cannot be reached: "
-                                f"{type(e).__name__}: {e}") from None
+    def _experiment(self, name: str, write: bool) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            return self.client.create_experiment(name, self._artifact_location(), tags=KIND_TAG)
+        if exp.lifecycle_stage == "deleted":
+            self.client.restore_experiment(exp.experiment_id)
+        if write:  # written even when it is there: a store that takes no writes (read-only,
+            # locked, a server's permissions) is found out now, before any data is read
+            self.client.set_experiment_tag(exp.experiment_id, *next(iter(KIND_TAG.items())))
+        return exp.experiment_id
 
     def search(self, filter_string: str, order_by: list[str] | None = None) -> list:
         """Every run of the experiment that matches, all pages."""
@@ -201,7 +96,7 @@ class Store:
     def start_invocation(self, invocation: str) -> None:
         """Mark `invocation` as the experiment's latest: the report shows its cells."""
         self.client.set_experiment_tag(self.experiment_id, LAST_INVOCATION, invocation)
-        self.client.set_experiment_tag(self.experiment_id, LAST_INVOCATION_MS, str(_now()))
+        self.client.set_experiment_tag(self.experiment_id, LAST_INVOCATION_MS, str(now_ms()))
 
     def invocation(self, invocation: str | None = None) -> str | None:
         """The id asked for, or the experiment's latest invocation (None before any run)."""
@@ -226,16 +121,16 @@ class Store:
         """An existing run (another worker's cell run, to nest trials under)."""
         return RunLog(self.client, run_id, self.experiment_id)
 
-    def end_lost(self, run_ids: list[str], reason: str) -> None:
-        """End runs that a dead worker left RUNNING as FAILED, with the reason."""
-        RunLog(self.client, "", self.experiment_id).end_lost(run_ids, reason)
+    def end_lost(self, run_ids: list[str], reason: str) -> int:
+        """End runs that a dead worker left RUNNING as FAILED, with the reason; how many."""
+        return RunLog(self.client, "", self.experiment_id).end_lost(run_ids, reason)
 
     @contextmanager
     def cell_run(self, name: str, tags: dict[str, object], reopen: str | None = None
                  ) -> Iterator[RunLog]:
         """A cell's top-level run: the run `reopen` (an earlier invocation's run of the same
         cell, set RUNNING again to take more repetitions), or a new one. Ends FINISHED, or
-        FAILED / KILLED as `_ended` says, unless the body ends it itself."""
+        FAILED / KILLED as `ended_run` says, unless the body ends it itself."""
         tags = {k: str(v) for k, v in tags.items()}
         if reopen:
             self.client.update_run(reopen, status="RUNNING")
@@ -248,7 +143,7 @@ class Store:
         else:
             run_id = self.client.create_run(self.experiment_id, run_name=name,
                                             tags={KIND: "cell", **tags}).info.run_id
-        with _ended(RunLog(self.client, run_id, self.experiment_id)) as log:
+        with ended_run(RunLog(self.client, run_id, self.experiment_id)) as log:
             yield log
 
     def metric_histories(self, run_id: str, keys: list[str]) -> list[dict[str, float]]:
@@ -264,13 +159,14 @@ def latest_experiment(uri: str | None) -> str:
     """The name of the tailbench experiment that the latest `tailbench run` on this tracking
     store wrote to (the report's default)."""
     uri = tracking_uri(uri)
-    Store._prepare_local(uri)
+    access.check(uri, write=False)
     try:
-        exps = [e for e in MlflowClient(tracking_uri=uri).search_experiments(max_results=1000)
-                if e.name.startswith("tailbench/") and LAST_INVOCATION_MS in e.tags]
+        with access.first_open(uri):
+            exps = [e for e in MlflowClient(tracking_uri=uri).search_experiments(
+                max_results=1000) if e.name.startswith("tailbench/")
+                and LAST_INVOCATION_MS in e.tags]
     except Exception as e:  # a database that is not one, a server that is down
-        raise TrackingError(f"tracking store {uri} cannot be read: "
-                            f"{type(e).__name__}: {e}") from None
+        raise access.explain(uri, e) from None
     if not exps:
         raise TrackingError(f"tracking store {uri} holds no tailbench run yet: run "
                             "`make benchmark` (or `tailbench run`) first, or pass --tracking-uri")

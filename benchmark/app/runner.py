@@ -23,12 +23,14 @@ from tqdm.auto import tqdm
 
 from benchmark.app.console import Console
 from benchmark.app.repetitions import cut, run_repetition, summarize_cell
+from benchmark.app.safety import LOST_TRIAL, LOST_WORKER, disk_shortfall, sweep_orphans
 from benchmark.cells import REPETITION_FIELDS, Cell, GridEntry
 from benchmark.data import Dataset
+from benchmark.errors import UserError
 from benchmark.recording import Recorder
 from benchmark.train import COLLAPSE_CHANCE_MULTIPLE
 from studies import TuneOptions, open_studies, tune_cell
-from studies.locks import Locks, open_locks
+from studies.locks import Locks, cell_lock, locks_place, open_locks
 from tracking import results
 from tracking.store import Store, git_commit, tag_json
 from tracking.study_plots import write_study_figures
@@ -125,8 +127,10 @@ def run_grid(entries: list[GridEntry], data: Dataset, store: Store, *, device: t
     locks = open_locks(tuning.storage)
     invocation = invocation or Invocation()
     store.start_invocation(invocation.id)
-    outcomes: list[Outcome] = []
     console = Console()
+    if lost := sweep_orphans(store, locks, tuning.storage):
+        console.note(f"ended {lost} run{'s' * (lost != 1)} that dead workers left RUNNING")
+    outcomes: list[Outcome] = []
     for i, entry in enumerate(tqdm(entries, desc="cells", unit="cell", disable=not progress,
                                    leave=False), 1):
         say = console.cell(i, len(entries), entry.cell.name)
@@ -137,8 +141,6 @@ def run_grid(entries: list[GridEntry], data: Dataset, store: Store, *, device: t
 
 
 STATUSES = ("finished", "skipped", "failed", "helped", "elsewhere")
-LOST_TRIAL = "its worker died in the middle of this trial"
-LOST_WORKER = "its worker died before the run ended"
 HELP_WAIT_S = 30  # how long a worker waits for the cell's owner to open its run
 
 
@@ -170,7 +172,7 @@ def _run_entry(cell: Cell, data: Dataset, store: Store, locks: Locks, invocation
         store.run_log(cell_run.info.run_id).set_tags(tags)  # in this invocation's report
         say(f"skipped (all {cell.seeds} repetitions finished before)")
         return Outcome(cell, "skipped")
-    held = locks.try_hold(f"cell {cell.key}")
+    held = locks.try_hold(cell_lock(cell.key))
     if held is None:  # another live worker trains this cell's final fits
         return _help(cell, data, store, locks, invocation, say, device, tuning)
     with held:  # released when this worker ends, or dies: the OS or the database sees to it
@@ -184,6 +186,10 @@ def _own(cell: Cell, data: Dataset, store: Store, invocation: Invocation, say, *
     cell_run, missing = _missing(store, cell, invocation)  # its owner may have died after it
     if not missing:
         return Outcome(cell, "skipped")
+    short = disk_shortfall(cell, len(missing), store, tuning.storage, data.num_classes)
+    if short:  # nothing opened, nothing left RUNNING
+        say(f"not started: {short}")
+        return Outcome(cell, "failed", error=short)
     say(f"started: {cell.epochs} epochs" + (f", {cell.trials} trials" if cell.trials else "")
         + f", repetitions {_ranges(missing)} of {cell.seeds}")
     start = time.perf_counter()
@@ -192,7 +198,8 @@ def _own(cell: Cell, data: Dataset, store: Store, invocation: Invocation, say, *
         store.end_lost([reopen, *(r.info.run_id for r in store.children(reopen, "repetition"))],
                        LOST_WORKER)
     try:
-        with store.cell_run(cell.name, {"cell_key": cell.key, "invocation": invocation.id},
+        with store.cell_run(cell.name, {"cell_key": cell.key, "invocation": invocation.id,
+                                        "locks": locks_place(tuning.storage)},
                             reopen=reopen) as run:
             _record_cell(run, cell, data, device, tags)
             run_cell(cell, data, run, device, missing, progress, tuning, say)
@@ -200,9 +207,10 @@ def _own(cell: Cell, data: Dataset, store: Store, invocation: Invocation, say, *
             say(f"finished in {time.perf_counter() - start:.0f} s: {line}" if learned
                 else f"failed: {line}")
     except Exception as e:  # recorded FAILED on the run; the next cell still runs
-        say(f"failed: {type(e).__name__}: {e}")
-        return Outcome(cell, "failed", error=f"{type(e).__name__}: {e}",
-                       seconds=time.perf_counter() - start, trained=len(missing))
+        error = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        say(f"failed: {error}")
+        return Outcome(cell, "failed", error=error, seconds=time.perf_counter() - start,
+                       trained=len(missing))
     return Outcome(cell, "finished" if learned else "failed",
                    error="" if learned else line, seconds=time.perf_counter() - start,
                    trained=len(missing))
@@ -227,7 +235,7 @@ def _owner_run(store: Store, cell: Cell, invocation: Invocation, locks: Locks) -
         run = _cell_run(store, cell, invocation)
         if run and run.info.status == "RUNNING":
             return run.info.run_id
-        free = locks.try_hold(f"cell {cell.key}")
+        free = locks.try_hold(cell_lock(cell.key))
         if free:  # the owner is done (or died): nothing to help with now
             free.release()
             return None

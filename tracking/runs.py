@@ -1,0 +1,152 @@
+"""One MLflow run, open: what a cell, a repetition or a trial records through (a
+benchmark.recording.Recorder), and how it ends: FINISHED, FAILED with its error, KILLED on
+Ctrl-C, and on a full disk FAILED with "no space left on ..." (the store's reserve given back
+so that this can still be written)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+
+from benchmark.localfs import no_space
+from tracking import access
+from tracking.access import NoSpace
+from tracking.models import log_model
+
+KIND = "tailbench_kind"  # tag: "cell" (top level), "repetition" or "trial" (nested under it)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class RunLog:
+    """One open MLflow run, addressed by id (safe to use from several threads); a
+    benchmark.recording.Recorder."""
+
+    def __init__(self, client: MlflowClient, run_id: str, experiment_id: str):
+        self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+        self.status: str | None = None  # set once this process ends the run
+
+    def log_params(self, params: dict[str, object]) -> None:
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        """Every metric of one step in one call."""
+        t = now_ms()
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), t, step)
+                                                    for k, v in metrics.items()])
+
+    def log_curves(self, history: list[dict[str, float]]) -> None:
+        """Per-epoch metrics (epoch i+1 = history[i]) in as few calls as MLflow allows."""
+        t = now_ms()
+        metrics = [Metric(k, float(v), t, epoch) for epoch, m in enumerate(history, 1)
+                   for k, v in m.items()]
+        for start in range(0, len(metrics), 1000):  # MLflow takes 1000 metrics a batch
+            self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
+
+    def set_tags(self, tags: dict[str, object]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_dataset(self, name: str, digest: str, path: str, context: str,
+                    tags: dict[str, str] | None = None) -> None:
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.sources import LocalArtifactDatasetSource
+
+        ds = MetaDataset(LocalArtifactDatasetSource(path or name), name=name, digest=digest[:36])
+        in_tags = [InputTag("mlflow.data.context", context)]
+        in_tags += [InputTag(k, v) for k, v in (tags or {}).items()]
+        self.client.log_inputs(self.run_id, [DatasetInput(ds._to_mlflow_entity(), in_tags)])
+
+    def log_artifacts(self, folder: Path, path: str | None = None) -> None:
+        """Upload `folder`'s files, then check that the store holds each at its full size (a
+        FINISHED run always has all of its artifacts)."""
+        self.client.log_artifacts(self.run_id, str(folder), path)
+        wrote = {str(Path(path or "", f.relative_to(folder))): f.stat().st_size
+                 for f in Path(folder).rglob("*") if f.is_file()}
+        held = self._sizes(path)
+        short = [f"{k} ({held.get(k, 0)} of {n} bytes)" for k, n in wrote.items()
+                 if held.get(k) != n]
+        if short:
+            raise OSError(f"run {self.run_id}: the store holds artifacts short: "
+                          + ", ".join(short[:5]))
+
+    def _sizes(self, path: str | None) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for info in self.client.list_artifacts(self.run_id, path):
+            if info.is_dir:
+                out |= self._sizes(info.path)
+            else:
+                out[info.path] = info.file_size
+        return out
+
+    def log_model(self, model, example, tags: dict[str, object]) -> None:
+        """The run's logged model (tracking/models.py), linked to its step-0 metrics."""
+        log_model(self.client, self.run_id, model, example, tags)
+
+    def end(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status=status, end_time=now_ms())
+        self.status = status
+
+    def end_lost(self, run_ids: list[str], reason: str) -> int:
+        """End runs that a dead worker left RUNNING as FAILED, with the reason; how many
+        were still RUNNING (each is read again first)."""
+        ended = 0
+        for run_id in run_ids:
+            if self.client.get_run(run_id).info.status == "RUNNING":
+                RunLog(self.client, run_id, self.experiment_id).set_tags({"error": reason})
+                self.client.set_terminated(run_id, status="FAILED", end_time=now_ms())
+                ended += 1
+        return ended
+
+    @contextmanager
+    def child(self, name: str, kind: str, tags: dict[str, object] | None = None
+              ) -> Iterator[RunLog]:
+        """A nested run that ends FINISHED, or FAILED with the error, or KILLED on Ctrl-C."""
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={
+            "mlflow.parentRunId": self.run_id, KIND: kind, **{k: str(v) for k, v in
+                                                              (tags or {}).items()}})
+        with ended_run(RunLog(self.client, run.info.run_id, self.experiment_id)) as log:
+            yield log
+
+
+@contextmanager
+def ended_run(log: RunLog) -> Iterator[RunLog]:
+    try:
+        yield log
+    except KeyboardInterrupt:
+        _end_anyway(log, "KILLED", "interrupted (Ctrl-C)")
+        raise
+    except BaseException as e:
+        full = no_space(e) and not isinstance(e, NoSpace)
+        if full:  # the reserve's space lets this run, and its parents, end FAILED
+            access.release_reserve(log.client.tracking_uri)
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            why = f"no space left on {access.where_full(log.client.tracking_uri, e)} " \
+                  f"({type(e).__name__}: {first}); free some space, then run again"
+        else:
+            why = str(e) if isinstance(e, NoSpace) else f"{type(e).__name__}: {e}"
+        if log.status is None:  # not already ended on purpose (a pruned trial is KILLED)
+            _end_anyway(log, "FAILED", why)
+        if full:
+            raise NoSpace(why) from e
+        raise
+    else:
+        if log.status is None:  # the body may end it itself (FAILED, with its reason)
+            log.end("FINISHED")
+
+
+def _end_anyway(log: RunLog, status: str, error: str) -> None:
+    """End the run with its reason, unless the store itself fails now (gone, still full):
+    then the error that got here is the one to report, and the next `tailbench run` ends
+    the run FAILED (benchmark/app/safety.py)."""
+    try:
+        log.set_tags({"error": error[:4000]})
+        log.end(status)
+    except Exception:  # noqa: BLE001 - the original error is re-raised by the caller
+        pass
