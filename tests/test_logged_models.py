@@ -74,6 +74,9 @@ def test_each_repetition_logs_a_model_linked_to_its_test_metrics(trained):
         (output,) = rep.outputs.model_outputs
         model = store.client.get_logged_model(output.model_id)
         assert model.source_run_id == rep.info.run_id and model.name == "model"
+        # in the run's experiment: the runs table's Models column and the Models tab list it
+        assert model.experiment_id == store.experiment_id
+        assert str(model.status) .endswith("READY")
         linked = {m.key: m.value for m in model.metrics}
         assert linked["final_test_acc"] == rep.data.metrics["final_test_acc"]
         assert model.tags["cell_key"] == CELL.key

@@ -37,7 +37,7 @@ def log_model(client: MlflowClient, run_id: str, model: torch.nn.Module, example
         warnings.filterwarnings("ignore", "No complete tensor found in the group")
         # nn.RNN re-assigns its flat weight list when traced: harmless for an exported copy
         warnings.filterwarnings("ignore", "The tensor attributes .* were assigned during export")
-        info = _log(net, x, out, run_id, tags)
+        info = _log(net, x, out, _logged_model(client, run_id, tags), run_id)
     _check_whole(client, info.model_id, sum(p.numel() * p.element_size()
                                             for p in net.parameters()))
     return info.model_id
@@ -59,11 +59,19 @@ def _check_whole(client: MlflowClient, model_id: str, weights: int) -> None:
                       f"in {len(sizes)} files, less than its {weights} bytes of weights")
 
 
-def _log(net: torch.nn.Module, x: torch.Tensor, out: torch.Tensor, run_id: str, tags: dict):
+def _logged_model(client: MlflowClient, run_id: str, tags: dict) -> str:
+    """The logged model's entry, in the run's experiment (log_model alone would put it in
+    the process's active experiment, "Default", away from the run's Models column)."""
+    run = client.get_run(run_id)
+    return client.create_logged_model(run.info.experiment_id, name="model", source_run_id=run_id,
+                                      tags={k: str(v) for k, v in tags.items()},
+                                      params=dict(run.data.params)).model_id
+
+
+def _log(net: torch.nn.Module, x: torch.Tensor, out: torch.Tensor, model_id: str, run_id: str):
     return mlflow.pytorch.log_model(
-        net, name="model", run_id=run_id, serialization_format=FORMAT,
+        net, name="model", model_id=model_id, run_id=run_id, serialization_format=FORMAT,
         signature=infer_signature(x.numpy(), out.numpy()), input_example=x.numpy(),
-        tags={k: str(v) for k, v in tags.items()},
         pip_requirements=[TORCH_REQUIREMENT],  # not inferred: that loads the model once more
         validate_serving_input=False)  # the test suite loads it back and checks its accuracy
 
