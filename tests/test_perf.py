@@ -10,7 +10,7 @@ from functools import partial
 import pytest
 import torch
 
-from benchmark.app import perf, perf_cells, perf_precision
+from benchmark.app import perf, perf_cells, perf_grid, perf_precision
 from benchmark.data import Dataset
 from benchmark.errors import UserError
 
@@ -37,15 +37,15 @@ def test_alternate_runs_a_b_a_b_and_drops_the_warmup():
     assert len(ta) == len(tb) == 2 and all(t >= 0 for t in ta + tb)
 
 
-# whole cells: tested on their own below
-CELLS = (perf_cells.tracking_overhead, perf_cells.pruning_saving)
+# whole cells, and the grid's shares (read from a benchmark's runs): tested on their own below
+CELLS = (perf_cells.tracking_overhead, perf_cells.pruning_saving, perf_grid.shares)
 
 
 @pytest.mark.slow
 def test_every_comparison_returns_a_row(ctx):
     timed = [compare for compare in perf.COMPARISONS if compare not in CELLS]
     rows = [r for compare in timed for r in perf.rows_of(compare, ctx)]
-    assert len(timed) == len(perf.COMPARISONS) - 2
+    assert len(timed) == len(perf.COMPARISONS) - len(CELLS)
     assert len(rows) == len(timed) + 1  # the pipeline: against the tutorial, and before/after
     units = {r.measure: r.unit for r in rows}
     assert units["rnn epoch, bf16 / fp32"] == "img/s"
@@ -123,7 +123,7 @@ def test_the_grid_time_shares_come_from_the_latest_runs_records(tmp_path):
 
     from conftest import learnable_dataset
 
-    from benchmark.app import perf_grid, runner
+    from benchmark.app import runner
     from benchmark.cells import Cell, GridEntry
     from studies import TuneOptions
     from tracking.store import Store
