@@ -52,7 +52,9 @@ class Cell:
         return out
 
     def study(self) -> optuna.Study:
-        cell = expand(str(self.grid), "paper", "cifar10", overrides={"trials": TRIALS})[0].cell
+        # the cell as the command runs it: precision auto resolved, fp32 on this CPU
+        cell = expand(str(self.grid), "paper", "cifar10",
+                      overrides={"trials": TRIALS, "precision": "fp32"})[0].cell
         return optuna.load_study(study_name=study_name(cell), storage=open_studies(self.journal))
 
     def stop_in_trial(self, number: int, sig: int) -> str:
@@ -64,8 +66,9 @@ class Cell:
                 trials = self.study().trials
             except KeyError:  # no study yet
                 trials = []
-            if any(t.number == number and t.state == TrialState.RUNNING and
-                   t.intermediate_values for t in trials):
+            # RUNNING is mid-trial (before or after its first epoch's report): on a loaded
+            # machine a tiny trial's whole run can fall between two looks
+            if any(t.number == number and t.state == TrialState.RUNNING for t in trials):
                 os.kill(proc.pid, sig)
                 return proc.communicate(timeout=120)[0]
             time.sleep(0.1)

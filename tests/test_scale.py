@@ -91,7 +91,9 @@ class Bench:
 
     @property
     def cell(self):
-        return expand(str(self.grid), "paper", "cifar10", overrides={"trials": self.trials})[0].cell
+        # the cell as the command runs it: precision auto resolved, fp32 on this CPU
+        return expand(str(self.grid), "paper", "cifar10",
+                      overrides={"trials": self.trials, "precision": "fp32"})[0].cell
 
     def study(self) -> optuna.Study:
         os.environ["PGPASSFILE"] = self.services["PGPASSFILE"]
