@@ -10,8 +10,11 @@ from __future__ import annotations
 import gzip
 import io
 import pickle
+import socket
 import struct
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +197,22 @@ def learnable_split(tmp_path_factory):
     with pytest.warns(UserWarning, match="differ from the official"):  # by design
         data = cifar10.load(root, download=False)
     return Split(data.train_x, data.train_y), Split(data.test_x, data.test_y)
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now (for the services a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def mounted_tmpfs(folder: Path, size_mb: int) -> Iterator[Path]:
+    """A tmpfs of `size_mb` mounted at `folder` (created), unmounted at the end (root only)."""
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(folder)],
+                   check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -5,11 +5,10 @@ and once there is room again a re-run trains the cell and finishes it whole."""
 
 import errno
 import os
-import subprocess
 
 import pytest
 import torch
-from conftest import learnable_dataset
+from conftest import learnable_dataset, mounted_tmpfs
 
 from benchmark.app import repetitions, runner
 from benchmark.cells import Cell, GridEntry
@@ -25,13 +24,8 @@ CELLS = [Cell("cnn", "long-tail", "none", epochs=2, batch_size=8, lr=0.05, datas
 
 @pytest.fixture
 def disk(tmp_path):
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(mnt)], check=True)
-    try:
+    with mounted_tmpfs(tmp_path / "disk", 96) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def fill(folder) -> None:

@@ -4,7 +4,6 @@ loopback) for Optuna, an MLflow tracking server on it, several worker processes,
 import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,7 +13,7 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-from conftest import write_cifar
+from conftest import free_port, write_cifar
 from optuna.trial import TrialState
 
 from benchmark.app.cli import main
@@ -31,12 +30,6 @@ GRID = ('[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\naugment = "none"\nepoch
 # a cell (key, study) of its own per test, on fresh services; fixed seeds, so a run of this
 # module trains the same cells every time (42 seeds checked: this cell learns in 3 epochs)
 SEEDS = itertools.count(1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

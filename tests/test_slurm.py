@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 from test_launchers import finished, repetitions, run_args
 
 from benchmark.app.cli import main
@@ -27,12 +28,6 @@ missing = [d for d in DAEMONS if shutil.which(d, path=os.environ["PATH"] + ":/us
 if missing:
     pytest.skip(f"SLURM is not installed ({', '.join(missing)} missing): "
                 "apt-get install slurm-wlm munge", allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

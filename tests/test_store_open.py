@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import mounted_tmpfs
 
 from benchmark.app.cli import main
 
@@ -125,13 +126,8 @@ root_only = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (root o
 @pytest.fixture
 def tmpfs(tmp_path):
     """A 128 MB tmpfs of the test's own (unmounted at the end)."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(mnt)], check=True)
-    try:
+    with mounted_tmpfs(tmp_path / "mnt", 128) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @root_only
