@@ -3,6 +3,7 @@ loopback) for Optuna, an MLflow tracking server on it, several worker processes,
 
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,9 +46,15 @@ def services():
         started = subprocess.run([script, "start"], env=env, capture_output=True, text=True,
                                  timeout=240)
         assert started.returncode == 0, started.stdout + started.stderr
-        yield dict(line.removeprefix("export ").split("=", 1)
-                   for line in (folder / "env").read_text().splitlines())
+        found = dict(line.removeprefix("export ").split("=", 1)
+                     for line in (folder / "env").read_text().splitlines())
+        # the MLflow server asks for a login: this process and the workers it starts use it
+        login = {k: found[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+        os.environ.update(login)
+        yield found | {"folder": str(folder)}
     finally:
+        for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            os.environ.pop(k, None)
         subprocess.run([script, "stop"], env=env, capture_output=True, timeout=60)
 
 
@@ -268,3 +275,45 @@ def test_bad_stores_are_refused_before_any_training(services, data_dir, tmp_path
     assert main(args) == 2
     err = capsys.readouterr().err
     assert says in err and "wrong" not in err  # what is wrong, and never the password
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs clients as user nobody (root only)")
+def test_another_local_user_is_refused_by_both_services(services):
+    """User nobody, on the same machine, without the passwords: PostgreSQL refuses it on its
+    socket (the folder is mode 700) and on loopback (scram-sha-256, as superuser or not), and
+    the MLflow server answers 401."""
+    folder = Path(services["folder"])
+    port = services["TAILBENCH_STORAGE"].rsplit(":", 1)[1].split("/")[0]
+    psql = str(sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"))[-1])
+    assert (folder / "sock").stat().st_mode & 0o777 == 0o700
+    assert "trust" not in (folder / "pg" / "pg_hba.conf").read_text()
+
+    def as_nobody(*cmd: str) -> subprocess.CompletedProcess:
+        return subprocess.run([shutil.which("runuser"), "-u", "nobody", "--", *cmd], cwd="/",
+                              capture_output=True, text=True, timeout=60,
+                              env={"PATH": "/usr/bin:/bin", "PGCONNECT_TIMEOUT": "5"})
+
+    socket = as_nobody(psql, "-h", str(folder / "sock"), "-p", port, "-U", "postgres", "-w",
+                       "-c", "SELECT 1")
+    assert socket.returncode != 0 and "Permission denied" in socket.stderr, socket.stderr
+    for user in ("postgres", "tailbench"):
+        tcp = as_nobody(psql, "-h", "127.0.0.1", "-p", port, "-U", user, "-d", "optuna", "-w",
+                        "-c", "SELECT 1")
+        assert tcp.returncode != 0 and "password" in tcp.stderr, tcp.stderr
+    url = services["MLFLOW_TRACKING_URI"] + "/api/2.0/mlflow/experiments/search?max_results=1"
+    web = as_nobody("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url)
+    assert web.stdout.strip() == "401", web.stdout + web.stderr
+
+
+def test_a_wrong_mlflow_password_is_one_line(services, data_dir, tmp_path, monkeypatch,
+                                            capsys):
+    import benchmark.data as data_pkg
+
+    monkeypatch.setattr(data_pkg, "load_dataset", lambda *a, **k: pytest.fail("data was read"))
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong-password")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    bench = Bench(services, data_dir, tmp_path, trials=1, journal=True)
+    assert main(bench.args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "refused the credentials" in err, err
+    assert "wrong-password" not in err

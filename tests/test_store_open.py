@@ -132,13 +132,16 @@ def tmpfs(tmp_path):
 
 @root_only
 def test_a_read_only_store_is_one_line_before_any_data_is_read(tmpfs, no_data, capsys):
-    con = sqlite3.connect(tmpfs / "mlflow.db")
-    con.execute("CREATE TABLE t (x)")
-    con.close()
+    subprocess.run([sys.executable, "-c", "import sys\nfrom tracking.store import Store\n"
+                    "Store(sys.argv[1], 'tailbench/x/y')", f"sqlite:///{tmpfs}/mlflow.db"],
+                   cwd=ROOT, check=True)  # a real MLflow store, made (and closed) elsewhere
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
     assert main(run_args(f"sqlite:///{tmpfs}/mlflow.db", str(tmpfs.parent / "o.journal"))) == 2
     err = one_line(capsys)
     assert "read-only filesystem" in err and str(tmpfs) in err and "writable" in err, err
+    # reading it still works: it holds no run, and that is what `results` says
+    assert main(["results", "--tracking-uri", f"sqlite:///{tmpfs}/mlflow.db"]) == 2
+    assert "holds no tailbench run yet" in one_line(capsys)
     assert main(run_args(f"sqlite:///{tmpfs.parent}/m.db", str(tmpfs / "o.journal"))) == 2
     err = one_line(capsys)
     assert "Optuna storage" in err and "read-only filesystem" in err, err

@@ -116,8 +116,8 @@ def first_open(uri: str):
     """Held while the store is opened: one process at a time creates or migrates a local
     SQLite database (see the module docstring); nothing for other stores."""
     db = local_db(uri)
-    if db is None:
-        yield
+    if db is None or (db.exists() and write_problem(Path(f"{db}.lock"))):
+        yield  # a server's, or a store only read here (it cannot be created nor migrated)
         return
     with FileLock(f"{db}.lock", thread_local=False):
         yield

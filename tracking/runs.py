@@ -126,7 +126,8 @@ def ended_run(log: RunLog) -> Iterator[RunLog]:
         full = no_space(e) and not isinstance(e, NoSpace)
         if full:  # the reserve's space lets this run, and its parents, end FAILED
             access.release_reserve(log.client.tracking_uri)
-            first = (str(e).strip().splitlines() or [""])[0][:200]
+            lines = str(e).strip().splitlines() or [""]
+            first = next((line for line in lines if no_space(Exception(line))), lines[0])[:200]
             why = f"no space left on {access.where_full(log.client.tracking_uri, e)} " \
                   f"({type(e).__name__}: {first}); free some space, then run again"
         else:

@@ -217,7 +217,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     """The cells of one invocation, found in MLflow (never by expanding a grid again)."""
     from tracking.store import Store, latest_experiment
 
-    store = Store(args.tracking_uri, args.experiment or latest_experiment(args.tracking_uri))
+    store = Store(args.tracking_uri, args.experiment or latest_experiment(args.tracking_uri),
+                  write=False)  # it only reads runs: a read-only store will do
     invocation = store.invocation(args.invocation)
     if invocation is None:
         raise UserError(f"experiment {store.experiment_name} at {store.uri} records no "
