@@ -37,7 +37,10 @@ def cluster():
     folder.chmod(0o711)  # munged runs as the munge user and must reach its folder
     env = os.environ | {"SLURM_DIR": str(folder), "SLURMCTLD_PORT": str(free_port()),
                         "SLURMD_PORT": str(free_port()), "SLURMDBD_PORT": str(free_port()),
-                        "SLURM_DB_PORT": str(free_port())}
+                        "SLURM_DB_PORT": str(free_port()),
+                        # a requeued job's old run may train on until SIGKILL: keep that short,
+                        # so it cannot finish the grid before the requeued run starts
+                        "SLURM_KILL_WAIT": "1"}
     script = str(ROOT / "tracking" / "slurm.sh")
     old = os.environ.get("SLURM_CONF")
     try:
@@ -114,7 +117,7 @@ def test_an_array_of_worker_jobs_not_waited_for_then_results(cluster, tmp_path, 
 
 def test_a_job_requeued_twice_mid_grid_still_finishes_it_once(cluster, tmp_path, cifar_dir,
                                                               capsys):
-    args = run_args(tmp_path, cifar_dir, epochs=3, seeds=4)
+    args = run_args(tmp_path, cifar_dir, epochs=3, seeds=6)
     uri = args[args.index("--tracking-uri") + 1]
     codes: list[int] = []
     command = threading.Thread(target=lambda: codes.append(main([*args, "--slurm-time", "10"])))
@@ -126,6 +129,7 @@ def test_a_job_requeued_twice_mid_grid_still_finishes_it_once(cluster, tmp_path,
     wait_until(lambda: jobs().get(job) == "PENDING", deadline, "the requeue")
     release(job, deadline)  # RUNNING again: the killed run is gone (it may have finished
     before = len(finished(uri))  # a repetition while SLURM waited to SIGKILL it)
+    assert before < 5, f"the killed run trained {before} of 6 repetitions before its SIGKILL"
     wait_until(lambda: len(finished(uri)) > before, deadline, "a repetition of the second run")
     slurm("scancel", "--signal=USR2", job)  # as before the time limit: checkpoint, requeue
     wait_until(lambda: jobs().get(job) == "PENDING", deadline, "submitit's requeue")
@@ -134,7 +138,7 @@ def test_a_job_requeued_twice_mid_grid_still_finishes_it_once(cluster, tmp_path,
     err = capsys.readouterr().err
     assert codes == [0], err
     assert "1 cell finished; checkpointed and requeued 1x" in err, err
-    assert finished(uri) == [0, 1, 2, 3], repetitions(uri)  # each repetition once
+    assert finished(uri) == [0, 1, 2, 3, 4, 5], repetitions(uri)  # each repetition once
     log = (tmp_path / "jobs" / job / f"{job}_0_log.out").read_text()
     assert "Calling checkpoint method" in log and f"Requeued job {job}" in log
     assert log.count("Starting with JobEnvironment") == 3  # three runs of the same job

@@ -15,6 +15,7 @@ ctld_port=${SLURMCTLD_PORT:-16817}
 slurmd_port=${SLURMD_PORT:-16818}
 dbd_port=${SLURMDBD_PORT:-16819}
 db_port=${SLURM_DB_PORT:-16820}
+kill_wait=${SLURM_KILL_WAIT:-10}  # seconds between a killed job's SIGTERM and its SIGKILL
 host=$(hostname -s)
 
 need() {
@@ -106,7 +107,7 @@ MpiDefault=none
 ReturnToService=2
 JobRequeue=1
 # a killed job's processes get this long between SIGTERM and SIGKILL
-KillWait=10
+KillWait=$kill_wait
 $accounting
 $node NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
