@@ -99,7 +99,9 @@ def test_a_cell_stopped_and_resumed_ends_as_if_never_stopped(tmp_path):
     assert [t.state for t in cut.study().trials].count(TrialState.FAIL) == 1
     cut.stop_in_trial(3, signal.SIGKILL)  # kill -9 in TPE's first modelled point
     out = cut.run()
-    assert "ended 2 runs that dead workers left RUNNING" in out, out  # cell run, trial run
+    # the cell run, and the trial's run if the kill came after it was created (a kill can
+    # also land while the trial is still being set up); outcome() checks none is left
+    assert "that dead workers left RUNNING" in out, out
     states = [t.state for t in cut.study().trials]
     assert states.count(TrialState.FAIL) == 2 and len(states) == TRIALS + 2
     out = uninterrupted.communicate(timeout=300)[0]

@@ -143,7 +143,10 @@ def test_a_job_requeued_twice_mid_grid_still_finishes_it_once(cluster, tmp_path,
     assert "Calling checkpoint method" in log and f"Requeued job {job}" in log
     assert log.count("Starting with JobEnvironment") == 3  # three runs of the same job
     if (cluster / "slurmdbd.conf").exists():  # accounting runs: the job ended COMPLETED
-        assert slurm("sacct", "-n", "-X", "-j", job, "-o", "State").split() == ["COMPLETED"]
+        def state() -> list[str]:  # slurmdbd records the end a moment after the job's end
+            return slurm("sacct", "-n", "-X", "-j", job, "-o", "State").split()
+        wait_until(lambda: state() != ["RUNNING"], time.monotonic() + 60, "the job's record")
+        assert state() == ["COMPLETED"]
     assert sys.executable in (tmp_path / "jobs" / job / f"{job}_submission.sh").read_text()
 
 
