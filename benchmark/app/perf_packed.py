@@ -14,9 +14,10 @@ import torch
 from benchmark import train
 from benchmark.app.perf_timing import Context, Row, alternate, paired
 from benchmark.data.augment import NoAugment
-from benchmark.packed import Member, Packed, train_packed_epoch
+from benchmark.packed import PACKABLE, Member, Packed, train_packed_epoch
 
 KS = (1, 2, 4)
+NETWORKS = PACKABLE  # the cnn, and the rnn with its cell written out
 
 
 def _contenders(ctx: Context, name: str, k: int):
