@@ -45,8 +45,6 @@ from benchmark.train import (
 
 PACKABLE = ("cnn", "rnn")
 REFUSED = {"resnet50": "its BatchNorm layers update running statistics in place while "
-                       "training, which vmap cannot do into one stacked buffer",
-           "resnet32": "its BatchNorm layers update running statistics in place while "
                        "training, which vmap cannot do into one stacked buffer"}
 
 
@@ -83,9 +81,10 @@ def check_packable(name: str) -> None:
 
 
 def _row_rnn(base: nn.Module) -> Callable:
-    """RowRNN's forward on a parameter dict, nn.RNN's tanh cell written out as nn.RNN's CPU
-    path computes it: the input projection of every row at once, then per row
-    h = tanh(x W_ih' + b_ih + h W_hh' + b_hh)."""
+    """RowRNN's forward on a parameter dict, nn.RNN's tanh cell written out with matmuls:
+    the input projection of every row at once, then per row
+    h = tanh(h W_hh' + b_hh + (x W_ih' + b_ih)), the same cell up to summation order
+    (tests/test_packed.py compares it with nn.RNN through whole trainings)."""
     layers = base.rnn.num_layers
 
     def forward(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:

@@ -77,6 +77,16 @@ def test_packed_rows_time_k_models_both_ways(ctx):
     assert packed == [{"name": m, "k": k} for m in ("cnn", "rnn") for k in (1, 2, 4)]
 
 
+def test_only_picks_comparisons_by_name(ctx, monkeypatch):
+    assert perf.comparison_name(perf.COMPARISONS[0]) == "perf.training name=cnn"
+    assert perf.comparison_name(perf_packed.speed) == "perf_packed.speed"
+    monkeypatch.setattr(perf, "load_images", lambda seed=0: ctx.data)
+    args = argparse.Namespace(device="cpu", reps=1, out="unused.json", quick=True,
+                              only="no such comparison")
+    with pytest.raises(UserError, match="matches no comparison; their names: perf.training"):
+        perf.run(args)
+
+
 def test_table_has_a_line_per_row_with_the_columns():
     rows = [perf.Row("cnn training epoch", "img/s", 900.0, 450.0, 2.0, 1.6),
             perf.Row("rnn training vs matmul", "GFLOP/s", 40.0, 160.0, 0.25, percent=True)]
