@@ -16,7 +16,7 @@ import torch
 
 from benchmark.data.augment import FlipNoise
 from benchmark.packed import Member, Packed, check_packable, fit_packed
-from benchmark.train import Split, build_model, fit
+from benchmark.train import Diverged, Split, build_model, fit
 
 CPU = torch.device("cpu")
 ATOL = 1e-6
@@ -110,3 +110,15 @@ def test_members_with_epochs_of_different_lengths_are_refused(data):
     with pytest.raises(ValueError, match="epochs of one length"):
         fit_packed("cnn", models, [Member(train, test, 0), Member(short, test, 1)],
                    **RECIPE)
+
+
+def test_a_member_that_diverges_leaves_the_other_as_fit_leaves_it(data):
+    """Its losses are NaN, but model k's gradient comes from loss k alone: the other member
+    still ends where its own fit ends, and the diverged one gets fit's Diverged."""
+    with pytest.raises(Diverged) as alone_diverged:
+        _alone("cnn", data, 1, 1e4)
+    models, results = _packed("cnn", data, [0, 1], [0.05, 1e4])
+    _assert_same(_alone("cnn", data, 0, 0.05), (models[0], results[0]))
+    assert results[1].diverged is not None
+    assert results[1].diverged.epoch == alone_diverged.value.epoch
+    assert len(results[1].history) == alone_diverged.value.epoch - 1
