@@ -67,7 +67,8 @@ dashboard: install
 perf: install
 	.venv/bin/tailbench perf --out $(STORE)/perf.json $(ARGS)
 
-# on a CUDA machine, under 5 minutes: 4 trials at once, bf16, channels_last; JSON in runs/
+# on a CUDA machine, under 5 minutes: 4 trials at once, 4 cnns packed vs sequential, bf16,
+# channels_last; JSON in runs/
 gpu-check: install
 	.venv/bin/tailbench gpu-check --out $(STORE)/gpu-check.json $(ARGS)
 

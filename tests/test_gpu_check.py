@@ -27,3 +27,6 @@ def test_the_check_runs_four_trials_and_a_fit_and_writes_its_numbers(tmp_path, m
     assert 1 <= result["trial_epochs"] <= 4  # four trials of one epoch, pruned ones less
     assert result["trials_img_per_s"] > 0 and result["final_fit_img_per_s"] > 0
     assert result["peak_gpu_memory_gib"] is None
+    assert result["packed_4_img_per_s"] > 0 and result["sequential_4_img_per_s"] > 0
+    assert result["packed_over_sequential"] == pytest.approx(
+        result["packed_4_img_per_s"] / result["sequential_4_img_per_s"])

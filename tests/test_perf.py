@@ -10,7 +10,7 @@ from functools import partial
 import pytest
 import torch
 
-from benchmark.app import perf, perf_cells, perf_grid, perf_precision
+from benchmark.app import perf, perf_cells, perf_grid, perf_packed, perf_precision
 from benchmark.data import Dataset
 from benchmark.errors import UserError
 
@@ -65,6 +65,26 @@ def test_every_comparison_returns_a_row(ctx):
     assert units["resnet50 training vs matmul"] == "GFLOP/s"
     # the limit rows reuse the training rows' measured rate instead of timing again
     assert {"train/cnn", "train/rnn", "train/resnet50", "matmul/cnn"} <= set(ctx.cache)
+
+
+def test_packed_rows_time_k_models_both_ways(ctx):
+    row = perf_packed.speed(ctx, "cnn", 2)
+    assert row.measure == "cnn x2, packed / sequential" and row.unit == "img/s"
+    assert row.tailbench > 0 and row.baseline > 0 and len(row.runs) == ctx.reps
+    assert row.ratio == pytest.approx(row.tailbench / row.baseline)
+    packed = [c.keywords for c in perf.COMPARISONS
+              if getattr(c, "func", None) is perf_packed.speed]
+    assert packed == [{"name": m, "k": k} for m in ("cnn", "rnn") for k in (1, 2, 4)]
+
+
+def test_only_picks_comparisons_by_name(ctx, monkeypatch):
+    assert perf.comparison_name(perf.COMPARISONS[0]) == "perf.training name=cnn"
+    assert perf.comparison_name(perf_packed.speed) == "perf_packed.speed"
+    monkeypatch.setattr(perf, "load_images", lambda seed=0: ctx.data)
+    args = argparse.Namespace(device="cpu", reps=1, out="unused.json", quick=True,
+                              only="no such comparison")
+    with pytest.raises(UserError, match="matches no comparison; their names: perf.training"):
+        perf.run(args)
 
 
 def test_table_has_a_line_per_row_with_the_columns():

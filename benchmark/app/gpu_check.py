@@ -6,6 +6,10 @@ weights (the CUDA defaults), on CIFAR-10 where it is on disk or random CIFAR-sha
 (the machine may have no data and no network: the numbers are speed, not accuracy). It
 writes images per second (trials and final fit), the epochs trained and the peak GPU
 memory to a JSON file. Tracking is a real MLflow SQLite store in a temporary folder.
+Then 4 cnn trainings of the cell's recipe packed into one vmapped model (benchmark.packed)
+against the same 4 one after the other, one epoch each way after a warm-up: whether packing
+pays on this GPU (the trials above still run as 4 threads, not packed: Optuna hands each
+trial its own objective call).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from benchmark.app import perf_packed
+from benchmark.app.perf_timing import Context
 from benchmark.app.repetitions import cut, run_repetition
 from benchmark.app.runner import tune_candidates
 from benchmark.cells import Cell
@@ -27,7 +33,8 @@ from benchmark.train import resolve_precision
 from studies import TuneOptions
 from tracking.store import Store
 
-HELP = "check the CUDA paths (4 trials at once, bf16, channels_last): images/s, peak memory"
+HELP = ("check the CUDA paths (4 trials at once, 4 cnns packed vs sequential, bf16, "
+        "channels_last): images/s, peak memory")
 
 
 def add_parser(sub) -> None:
@@ -72,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
             done = time.perf_counter()
             epochs = store.client.get_run(run_log.run_id).data.metrics["trial_epochs"]
     n = len(cut(cell, data).train_y)
+    packed = perf_packed.speed(Context(device, data, {"cnn": n, "batch": cell.batch_size}, 1),
+                               "cnn", 4)
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "precision": cell.precision, "channels_last": True,
@@ -80,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         "trials_img_per_s": 0.9 * n * epochs / (tuned - start),  # 10% is the validation split
         "final_fit_img_per_s": n * cell.epochs / (done - tuned), "final_fit_learned": learned,
         "seconds": done - start,
+        "packed_4_img_per_s": packed.tailbench, "sequential_4_img_per_s": packed.baseline,
+        "packed_over_sequential": packed.ratio,
         "peak_gpu_memory_gib": (torch.cuda.max_memory_allocated(device) / 2**30
                                 if device.type == "cuda" else None)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 from benchmark import train
-from benchmark.app import perf_cells, perf_grid, perf_precision
+from benchmark.app import perf_cells, perf_grid, perf_packed, perf_precision
 from benchmark.app.perf_baseline import PilImages, add_noise, tutorial_epoch, tutorial_loader
 from benchmark.app.perf_timing import Comparison, Context, Row, alternate, paired
 from benchmark.cells import Cell
@@ -191,6 +191,8 @@ COMPARISONS: list[Comparison] = [
     *(partial(training, name=m) for m in NETWORKS),
     *(partial(perf_precision.speed, name=m) for m in NETWORKS),
     perf_precision.accuracy,
+    *(partial(perf_packed.speed, name=m, k=k) for m in perf_packed.NETWORKS
+      for k in perf_packed.KS),
     pipeline,
     *(partial(limit, name=m) for m in NETWORKS),
     perf_cells.tracking_overhead,
@@ -242,6 +244,13 @@ def machine(ctx: Context) -> dict:
             "tutorial_workers": ctx.workers}
 
 
+def comparison_name(compare: Comparison) -> str:
+    """module.function and its fixed arguments: `perf_packed.speed name=cnn k=2`."""
+    fn = getattr(compare, "func", compare)
+    args = " ".join(f"{k}={v}" for k, v in getattr(compare, "keywords", {}).items())
+    return f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__} {args}".strip()
+
+
 def rows_of(compare: Comparison, ctx: Context) -> list[Row]:
     """A comparison's rows: most give one, some a few side by side."""
     got = compare(ctx)
@@ -283,6 +292,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         f"--quick {SIZES['quick']['reps']})")
     p.add_argument("--out", default="perf.json", help="where to write the table as JSON")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks it runs, not speed")
+    p.add_argument("--only", default=None, metavar="TEXT", help="run only the comparisons "
+                   "whose name contains TEXT (e.g. packed, precision, cnn)")
     p.add_argument("--tracking-uri", default=None, help="the MLflow store of the benchmark "
                    "whose time shares to show (default sqlite:///runs/mlflow.db)")
     return p
@@ -300,7 +311,12 @@ def run(args: argparse.Namespace) -> int:
               "other work will slow and scatter these timings", file=sys.stderr)
     print(f"tailbench perf on {ctx.device} ({torch.get_num_threads()} threads), "
           f"{reps} reps each, median kept", flush=True)
-    rows, result = measure(ctx, echo=lambda line: print(line, flush=True))
+    only = getattr(args, "only", None)
+    chosen = [c for c in COMPARISONS if only is None or only in comparison_name(c)]
+    if not chosen:
+        raise UserError(f"--only {only!r} matches no comparison; their names: "
+                        + ", ".join(comparison_name(c) for c in COMPARISONS))
+    rows, result = measure(ctx, chosen, echo=lambda line: print(line, flush=True))
     print(f"\n{table(rows)}\n\n{result['seconds']:.0f}s in all"
           + (" (--quick: tiny sizes, these numbers say nothing about speed)" * args.quick))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
