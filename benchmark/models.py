@@ -1,4 +1,5 @@
-"""The reference networks as a registry of factories: MODELS[name](num_classes, in_shape)."""
+"""The reference networks (and ResNet-32) as a registry of factories:
+MODELS[name](num_classes, in_shape)."""
 
 from __future__ import annotations
 
@@ -70,6 +71,69 @@ def resnet50(num_classes: int = 10, in_shape=(3, 32, 32)) -> nn.Module:
     if in_shape[0] != 3:
         raise ValueError(f"resnet50 takes 3-channel images, got in_shape {in_shape}")
     return nn.Sequential(tv_resnet50(weights=None), nn.Linear(1000, num_classes))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with BatchNorm and a parameter-free shortcut (He et al. 2016, option A):
+    the identity, or, where the block halves the size and doubles the channels, the input
+    subsampled by 2 and its new channels zero-padded, half before and half after."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.stride, self.pad = stride, (cout - cin) // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))  # (B, cout, H/stride, W/stride)
+        out = self.bn2(self.conv2(out))
+        short = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+        if self.pad:  # (B, cin, ...) -> (B, cout, ...): zeros on both sides of the channels
+            short = nn.functional.pad(short, (0, 0, 0, 0, self.pad, self.pad))
+        return torch.relu(out + short)
+
+
+class CifarResNet(nn.Module):
+    """He et al. 2016's CIFAR ResNet-(6n+2): a 3x3 conv to 16 channels, three stages of n
+    basic blocks (16, 32, 64 channels; the first block of stages 2 and 3 has stride 2),
+    global average pooling, one linear layer. Convs have no bias (BatchNorm follows each);
+    weights get PyTorch's default init (the LDAM-DRW codebase uses Kaiming normal)."""
+
+    def __init__(self, n: int, num_classes: int = 10, in_shape=(3, 32, 32)):
+        super().__init__()
+        c = in_shape[0]
+        self.stem = nn.Sequential(nn.Conv2d(c, 16, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(16), nn.ReLU())
+        blocks, cin = [], 16
+        for cout, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(n):
+                blocks.append(BasicBlock(cin, cout, stride if i == 0 else 1))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.blocks(self.stem(x))  # (B, 64, H/4, W/4): (B, 64, 8, 8) for CIFAR
+        return self.head(out.mean(dim=(2, 3)))  # global average pool -> (B, classes)
+
+
+@register_model("resnet32", conv=True)
+def resnet32(num_classes: int = 10, in_shape=(3, 32, 32)) -> nn.Module:
+    """ResNet-32 (n = 5), the long-tail literature's CIFAR backbone (Cao et al. 2019).
+
+    Parameters, with the option-A shortcut (no weights) and bias-free convs, for C classes:
+      stem: conv 3*16*9 = 432, BN 2*16 = 32                                     464
+      stage 1: 5 blocks x (2 convs 16*16*9 = 2,304 + 2 BN 32) = 5 x 4,672  23,360
+      stage 2: first 16*32*9 + 32*32*9 + 2 BN 64 = 4,608 + 9,216 + 128 = 13,952;
+               4 x (2 * 9,216 + 128) = 4 x 18,560 = 74,240                  88,192
+      stage 3: first 32*64*9 + 64*64*9 + 2 BN 128 = 18,432 + 36,864 + 256 = 55,552;
+               4 x (2 * 36,864 + 256) = 4 x 73,984 = 295,936               351,488
+      linear: 64*C + C                                                 650 for C = 10
+    total 463,504 + 65*C = 464,154 for 10 classes (BatchNorm's running statistics are
+    buffers, not parameters)."""
+    return CifarResNet(5, num_classes, in_shape)
 
 
 def weight_bytes(name: str, num_classes: int = 10) -> int:

@@ -14,10 +14,11 @@ copy's gradient comes from its own loss alone) and SGD runs on the stacked tenso
 (K,) learning rate, step for step as torch.optim.SGD does it (weight decay, then momentum).
 
 What packs: the cnn, and the rnn with its tanh cell written out (nn.RNN has no vmap rule;
-`_row_rnn` computes the same cell with matmuls, a loop over the 32 rows). resnet50 does
-not: its BatchNorm updates running statistics in place during training, which vmap cannot
-do into one stacked buffer, and replacing them (torch.func's replace_all_batch_norm_modules_)
-would change what the network evaluates to, so its results would not be `fit`'s.
+`_row_rnn` computes the same cell with matmuls, a loop over the 32 rows). resnet50 and
+resnet32 do not: their BatchNorm updates running statistics in place during training, which
+vmap cannot do into one stacked buffer, and replacing them (torch.func's
+replace_all_batch_norm_modules_) would change what the network evaluates to, so their results
+would not be `fit`'s.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ from benchmark.train import (
 )
 
 PACKABLE = ("cnn", "rnn")
-REFUSED = {"resnet50": "its BatchNorm layers update running statistics in place while "
-                       "training, which vmap cannot do into one stacked buffer"}
+_BATCHNORM = ("its BatchNorm layers update running statistics in place while training, "
+              "which vmap cannot do into one stacked buffer")
+REFUSED = {"resnet50": _BATCHNORM, "resnet32": _BATCHNORM}
 
 
 @dataclass

@@ -69,7 +69,7 @@ def test_train_with_missing_data_exits_2_with_the_loaders_message(tmp_path, no_s
 
 @pytest.mark.parametrize("args, message", [
     (["--model", "vgg16"], r"argument --model: invalid choice: 'vgg16' \(choose from "
-                           r"'?cnn'?, '?rnn'?, '?resnet50'?\)"),
+                           r"'?cnn'?, '?rnn'?, '?resnet50'?, '?resnet32'?\)"),
     (["--epochs", "-1"], r"argument --epochs: must be >= 0 and finite, got -1"),
     (["--epochs", "two"], r"argument --epochs: expected an integer, got 'two'"),
     (["--limit", "-5"], r"argument --limit: must be >= 0 and finite, got -5"),

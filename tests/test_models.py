@@ -24,8 +24,19 @@ EXPECTED_PARAMS = {
     "rnn": 312_320 + 525_312 + 5_130,
     # torchvision's ResNet-50 (1000 classes): 25,557,032; Linear(1000 -> 10): 10,010
     "resnet50": 25_557_032 + 10_010,
+    # ResNet-32, option-A shortcuts (no weights), bias-free convs, BN weight + bias per channel:
+    #   stem conv 3*16*9 + BN 2*16 = 464
+    #   stage 1: 5 blocks * 2 * (16*16*9 + 2*16) = 23,360
+    #   stage 2: (16*32*9 + 32*32*9 + 2*2*32) + 4 * 2 * (32*32*9 + 2*32) = 13,952 + 74,240
+    #   stage 3: (32*64*9 + 64*64*9 + 2*2*64) + 4 * 2 * (64*64*9 + 2*64) = 55,552 + 295,936
+    #   Linear(64 -> 10): 650                                            total 464,154
+    "resnet32": (3 * 16 * 9 + 2 * 16) + 5 * 2 * (16 * 16 * 9 + 2 * 16)
+                + (16 * 32 * 9 + 32 * 32 * 9 + 2 * 2 * 32) + 4 * 2 * (32 * 32 * 9 + 2 * 32)
+                + (32 * 64 * 9 + 64 * 64 * 9 + 2 * 2 * 64) + 4 * 2 * (64 * 64 * 9 + 2 * 64)
+                + 64 * 10 + 10,
 }
-assert EXPECTED_PARAMS == {"cnn": 52_202, "rnn": 842_762, "resnet50": 25_567_042}
+assert EXPECTED_PARAMS == {"cnn": 52_202, "rnn": 842_762, "resnet50": 25_567_042,
+                           "resnet32": 464_154}
 
 
 def _build(name: str, seed: int = 0) -> nn.Module:
@@ -142,3 +153,20 @@ def test_resnet50_refuses_other_channel_counts():
     with pytest.raises(ValueError, match="3-channel"):
         create_model("resnet50", in_shape=(1, 32, 32))
 
+
+
+def test_resnet32_is_three_stages_of_five_blocks_with_parameter_free_shortcuts():
+    model = create_model("resnet32")
+    widths = [(b.conv1.in_channels, b.conv2.out_channels, b.stride) for b in model.blocks]
+    assert widths == ([(16, 16, 1)] * 5 + [(16, 32, 2)] + [(32, 32, 1)] * 4
+                      + [(32, 64, 2)] + [(64, 64, 1)] * 4)
+    assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == 31  # + the linear: 32
+    block = model.blocks[5].eval()  # 16 -> 32 channels, stride 2
+    with torch.no_grad():
+        block.bn2.weight.zero_()  # the residual branch adds exactly 0 (its BN bias is 0)
+        x = torch.randn(2, 16, 8, 8)
+        out = block(x)
+    # option A: the input subsampled by 2, 8 zero channels before and 8 after, then ReLU
+    assert out.shape == (2, 32, 4, 4)
+    assert torch.equal(out[:, 8:24], x[:, :, ::2, ::2].relu())
+    assert not out[:, :8].any() and not out[:, 24:].any()

@@ -129,7 +129,7 @@ def test_every_registry_is_one_registry_type(registry, kind):
 
 
 def test_the_registries_keep_their_names_and_order():
-    assert list(MODELS) == ["cnn", "rnn", "resnet50"]
+    assert list(MODELS) == ["cnn", "rnn", "resnet50", "resnet32"]
     assert list(VARIANTS) == ["balanced", "long-tail"]
     assert list(AUGMENTS) == ["none", "flip+noise"]
     assert SOURCES.names() == ("cifar10", "fashion-mnist")
@@ -137,7 +137,7 @@ def test_the_registries_keep_their_names_and_order():
 
 
 def test_channels_last_are_the_conv_models():
-    assert set(CHANNELS_LAST) == {"cnn", "resnet50"} and "rnn" not in CHANNELS_LAST
+    assert set(CHANNELS_LAST) == {"cnn", "resnet50", "resnet32"} and "rnn" not in CHANNELS_LAST
     assert all(MODELS.meta(n).get("conv") is True for n in CHANNELS_LAST)
 
 
