@@ -35,11 +35,11 @@ class GridError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class Cell:
-    """One (model, variant, augmentation) experiment with everything that fixes its result."""
+    """One (model, variant, remedy) experiment with everything that fixes its result."""
 
     model: str
     variant: str  # "balanced" or "long-tail"
-    augment: str  # "none" or "flip+noise"
+    augment: str  # the remedy, an entry of AUGMENTS: "none", "flip+noise", "reweight", ...
     epochs: int
     dataset: str = "auto"  # resolved to the source actually loaded before any cell runs
     profile: str = "paper"
@@ -93,7 +93,13 @@ class Cell:
 
     @property
     def oversamples(self) -> bool:
-        return self.augment != "none"
+        """Whether the remedy adds copies of tail images (oversample, flip+noise)."""
+        return bool(AUGMENTS.meta(self.augment)["oversamples"])
+
+    @property
+    def uses_sigma(self) -> bool:
+        """Whether the remedy reads `sigma` (flip+noise): only then is sigma tuned."""
+        return bool(AUGMENTS.meta(self.augment)["sigma"])
 
     def params(self) -> dict[str, object]:
         """Every field, as a run's params: a tuple as a list, which a param shows as its JSON

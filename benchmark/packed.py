@@ -246,6 +246,10 @@ def fit_packed(name: str, models: list[nn.Module], members: list[Member], *, epo
         raise ValueError(f"one model per member, got {len(models)} and {len(members)}")
     device = members[0].train.x.device
     augments = [m.augment or NoAugment(m.train.y) for m in members]
+    unpacked = sorted({a.name for a in augments if not a.loss.plain})
+    if unpacked:  # the packed step computes plain cross-entropy
+        raise ValueError(f"remedy {', '.join(unpacked)} trains with its own loss, which packed "
+                         "training does not compute; train it one run at a time")
     gens = [torch.Generator(device=device).manual_seed(m.seed) for m in members]
     packed = Packed(name, models, [m.lr for m in members], momentum, weight_decay)
     results = [Result([]) for _ in members]

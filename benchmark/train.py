@@ -125,9 +125,11 @@ class RawImages(nn.Module):
 
 def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, data: Split,
                     batch_size: int, gen: torch.Generator, augment: NoAugment,
-                    progress: bool = False, precision: str = "auto") -> dict[str, float]:
-    """One pass over a freshly shuffled epoch plan; returns mean loss, running accuracy and
-    running balanced accuracy (mean per-class recall over the epoch's samples)."""
+                    progress: bool = False, precision: str = "auto", epoch: int = 1,
+                    epochs: int = 1) -> dict[str, float]:
+    """One pass over a freshly shuffled epoch plan, minimising the remedy's loss (epoch, from
+    1, of `epochs`: ldam-drw's re-weighting starts late); returns its mean, running accuracy
+    and running balanced accuracy (mean per-class recall over the epoch's samples)."""
     model.train()
     device = data.x.device
     plan = augment.plan(gen)
@@ -140,7 +142,7 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, data: Split,
         yb = data.y[idx]
         with _autocast(device, precision):
             out = model(xb)
-            loss = F.cross_entropy(out, yb)
+            loss = augment.loss(out, yb, epoch, epochs)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -234,7 +236,8 @@ def fit(model: nn.Module, train: Split, test: Split, *, epochs: int,
         seed: int = 0, augment: NoAugment | None = None,
         callback: EpochCallback | None = None, progress: bool = False,
         precision: str = "auto") -> list[dict[str, float]]:
-    """SGD with cross-entropy for `epochs` epochs, computing in `precision` (PRECISIONS);
+    """SGD on the remedy's loss (`augment.loss`: plain cross-entropy for none, oversample and
+    flip+noise) for `epochs` epochs, computing in `precision` (PRECISIONS);
     after each, hand the epoch's metrics
     (train_loss, train_acc, train_balanced_acc, test_loss, test_acc, test_balanced_acc,
     seconds, and eval_seconds of them spent evaluating) to `callback`.
@@ -253,7 +256,7 @@ def fit(model: nn.Module, train: Split, test: Split, *, epochs: int,
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         metrics = train_one_epoch(model, opt, train, batch_size, gen, augment, progress,
-                                  precision)
+                                  precision, epoch, epochs)
         if not math.isfinite(metrics["train_loss"]):
             raise Diverged(epoch, metrics["train_loss"])
         evaluated = time.perf_counter()

@@ -40,8 +40,8 @@ SPACE: tuple[Param, ...] = (
     # from lr 1 it predicts one class. TPE learns to stay below (diverged trials are pruned).
     Param("lr", 1e-3, 3.0, log=True, unit="SGD learning rate"),
     # flip+noise noise std in units of the [0, 1] pixel range: 0 = flips only; 0.3 already
-    # buries most of a 32x32 image's detail. Only cells that oversample use sigma at all.
-    Param("sigma", 0.0, 0.3, log=False, only_if="oversamples", unit="noise std, [0, 1] pixels"),
+    # buries most of a 32x32 image's detail. Only flip+noise cells use sigma at all.
+    Param("sigma", 0.0, 0.3, log=False, only_if="uses_sigma", unit="noise std, [0, 1] pixels"),
 )
 
 

@@ -62,7 +62,8 @@ def test_keys_are_stable_and_change_with_every_field():
 @pytest.mark.parametrize("field, value, message", [
     ("model", "vgg", "model 'vgg' is not one of cnn, rnn, resnet50, resnet32"),
     ("variant", "lt", "variant 'lt' is not one of balanced, long-tail"),
-    ("augment", "mixup", r"augment 'mixup' is not one of none, flip\+noise"),
+    ("augment", "mixup", r"augment 'mixup' is not one of none, oversample, flip\+noise, "
+                        "reweight, logit-adjust, balanced-softmax, ldam-drw"),
     ("model", 3, "model must be str, got 3"),
     ("epochs", 0, "epochs must be at least 1, got 0"),
     ("epochs", 2.0, "epochs must be int, got 2.0"),

@@ -16,6 +16,7 @@ from benchmark.cells import CHOICES
 from benchmark.data import SOURCES, resolve_name
 from benchmark.data.augment import AUGMENTS
 from benchmark.data.variants import VARIANTS
+from benchmark.losses import LOSSES
 from benchmark.models import CHANNELS_LAST, MODELS
 from benchmark.registry import Registry, RegistryError
 
@@ -116,11 +117,12 @@ def test_temporarily_registers_inside_the_block(shapes):
         del shapes["circle"]
 
 
-# ---- the four registries --------------------------------------------------------------------
+# ---- the registries -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("registry, kind", [(MODELS, "model"), (VARIANTS, "variant"),
-                                            (AUGMENTS, "augmentation"), (SOURCES, "dataset")],
-                         ids=["models", "variants", "augments", "sources"])
+                                            (AUGMENTS, "augmentation"), (SOURCES, "dataset"),
+                                            (LOSSES, "loss")],
+                         ids=["models", "variants", "augments", "sources", "losses"])
 def test_every_registry_is_one_registry_type(registry, kind):
     assert isinstance(registry, Registry) and registry.kind == kind and registry.names()
     message = f"unknown {kind} 'nope'; choose one of {', '.join(registry)}"
@@ -131,7 +133,10 @@ def test_every_registry_is_one_registry_type(registry, kind):
 def test_the_registries_keep_their_names_and_order():
     assert list(MODELS) == ["cnn", "rnn", "resnet50", "resnet32"]
     assert list(VARIANTS) == ["balanced", "long-tail"]
-    assert list(AUGMENTS) == ["none", "flip+noise"]
+    assert list(AUGMENTS) == ["none", "oversample", "flip+noise", "reweight", "logit-adjust",
+                             "balanced-softmax", "ldam-drw"]
+    assert list(LOSSES) == ["cross-entropy", "class-balanced", "logit-adjusted",
+                            "balanced-softmax", "ldam-drw"]
     assert SOURCES.names() == ("cifar10", "fashion-mnist")
     assert list(SOURCES) == ["cifar10", "fashion-mnist", "auto"]  # the CLI's --dataset choices
 

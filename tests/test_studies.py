@@ -55,13 +55,17 @@ def runs_of(client: MlflowClient, store: Store, kind: str) -> list:
 
 # ---------------------------------------------------------------- space and validation split
 
-def test_space_is_valid_cell_fields_and_sigma_is_searched_only_when_oversampling():
+def test_space_is_valid_cell_fields_and_sigma_is_searched_only_for_flip_noise():
     check_space()
     lr = next(p for p in SPACE if p.name == "lr")
     assert lr.log and lr.contains(0.01) and lr.high >= 3.0  # the reference's lr, and the cliff
     assert [p.name for p in searched(PLAIN)] == ["lr"]
     assert [p.name for p in searched(OVERSAMPLED)] == ["lr", "sigma"]
     assert starting_point(OVERSAMPLED) == {"lr": 0.05, "sigma": 0.1}
+    # plain repeats and the loss remedies have no noise to tune
+    for remedy in ("oversample", "reweight", "ldam-drw"):
+        assert [p.name for p in searched(dataclasses.replace(OVERSAMPLED, augment=remedy))] == [
+            "lr"]
     # a user's new entry: an int field is drawn as an int
     space = SPACE + (Param("batch_size", 16, 256, log=True),)
     drawn = suggest(optuna.trial.FixedTrial({"lr": 0.1, "batch_size": 32}), PLAIN, space)
@@ -118,20 +122,20 @@ def test_two_cell_study_nests_trials_marks_pruned_and_records_best(tmp_path, dat
         assert [t.info.status for t in mine] == ["FINISHED", "KILLED", "FINISHED"]
         assert [t.data.tags["state"] for t in mine] == ["COMPLETE", "PRUNED", "COMPLETE"]
         assert float(mine[0].data.params["lr"]) == cell.lr  # the cell's own lr is trial 0
-        assert ("sigma" in mine[0].data.params) == cell.oversamples
+        assert ("sigma" in mine[0].data.params) == cell.uses_sigma
         curve = client.get_metric_history(mine[0].info.run_id, "val_balanced_acc")
         assert [m.step for m in curve] == [1, 2]
         assert len(client.get_metric_history(mine[1].info.run_id, "val_balanced_acc")) == 1
         assert "best_lr" in run.data.params
-        assert ("best_sigma" in run.data.params) == cell.oversamples
+        assert ("best_sigma" in run.data.params) == cell.uses_sigma
         m = run.data.metrics
         assert (m["trials_complete"], m["trials_pruned"], m["trials_failed"]) == (2, 1, 0)
         assert m["trial_epochs"] == 2 + 1 + 2  # the pruned trial stopped after epoch 1
         pngs = {a.path for a in client.list_artifacts(run.info.run_id, "optuna")}
         # (importance.png needs complete trials that differ: not asked of 2-epoch trials)
         expected = {"optuna/history.png", "optuna/intermediate.png"}
-        assert expected | ({"optuna/lr_sigma.png"} if cell.oversamples else set()) <= pngs
-        assert ("optuna/lr_sigma.png" in pngs) == cell.oversamples
+        assert expected | ({"optuna/lr_sigma.png"} if cell.uses_sigma else set()) <= pngs
+        assert ("optuna/lr_sigma.png" in pngs) == cell.uses_sigma
         study = optuna.load_study(study_name=study_name(cell),
                                   storage=open_studies(tuning.storage))
         assert [t.user_attrs["mlflow_run_id"] for t in study.trials] == [

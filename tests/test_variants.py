@@ -212,7 +212,7 @@ def test_every_augmentation_is_determined_by_its_generator(name):
 
 def test_unknown_augment_and_negative_sigma_are_refused():
     with pytest.raises(ValueError, match="unknown augmentation 'mixup'; choose one of none, "
-                                         r"flip\+noise"):
+                                         r"oversample, flip\+noise, reweight"):
         make_augment("mixup", labels(10))
     with pytest.raises(DataError, match="sigma must be >= 0"):
         make_augment("flip+noise", labels(10), tail_classes=TAIL, sigma=-1.0)

@@ -161,8 +161,8 @@ def train_flops_per_image(name: str, device: torch.device, batch: int, num_class
     """FLOPs of one forward + backward of the model, per image, as train.py runs it."""
     model = train.build_model(name, num_classes, 0, device)
     x = torch.zeros(batch, 3, 32, 32, dtype=torch.uint8, device=device)
-    x = train.make_batch(x, 0, NoAugment(x), None, model)
     y = torch.zeros(batch, dtype=torch.long, device=device)
+    x = train.make_batch(x, 0, NoAugment(y), None, model)
     with FlopCounterMode(display=False) as counter:
         with train._autocast(device):
             loss = F.cross_entropy(model(x), y)

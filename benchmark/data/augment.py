@@ -1,9 +1,16 @@
-"""Tail oversampling by flips and Gaussian noise, drawn fresh each epoch on the device.
+"""The remedies (the cell's `augment` axis): what an epoch trains on, and with which loss.
 
-Why fresh each epoch: the added images are new draws every epoch (a different tail image,
-flip and noise), which is what oversampling by augmentation means, and costs nothing extra:
-the draws are a few batched tensor ops on the device, with no per-image Python and no
-second copy of the dataset in memory. The original images always stay in the set.
+A remedy is a sampler (`plan`: which stored images an epoch holds, added copies included;
+`apply`: what is done to the copies) and a loss (`loss`, from benchmark.losses, built from
+the training set's class counts before oversampling). `none` is the training set with plain
+cross-entropy; `oversample` and `flip+noise` add tail copies (plain repeats; flipped and
+noisy); `reweight`, `logit-adjust`, `balanced-softmax` and `ldam-drw` keep the set and change
+the loss. (The axis keeps the name `augment` in cells, keys and runs until it is renamed.)
+
+Why oversampling draws fresh each epoch: the added images are new draws every epoch (a
+different tail image, flip and noise), which is what oversampling by augmentation means, and
+costs nothing extra: the draws are a few batched tensor ops on the device, with no per-image
+Python and no second copy of the dataset in memory. The original images always stay in the set.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from typing import NamedTuple
 import torch
 
 from benchmark.data.dataset import DataError
+from benchmark.losses import CrossEntropy, make_loss
 from benchmark.registry import Registry
 
 
@@ -40,21 +48,26 @@ def batches(plan: EpochPlan, order: torch.Tensor, batch_size: int
             for s, k in zip(starts, counts.long().tolist(), strict=True)]
 
 
-# An augmentation is a class built from (labels, tail_classes=, sigma=, num_classes=); the
-# tail classes and sigma are the cell's (Cell.tail_classes, Cell.sigma), with no defaults here.
+# A remedy is a class built from (labels, tail_classes=, sigma=, num_classes=); the tail
+# classes and sigma are the cell's (Cell.tail_classes, Cell.sigma), with no defaults here.
+# Metadata: oversamples=True when it adds copies of tail images, sigma=True when it reads
+# Cell.sigma (what the search space tunes it for).
 AUGMENTS: Registry[type[NoAugment]] = Registry("augmentation")
 
 
-@AUGMENTS.register("none")
+@AUGMENTS.register("none", oversamples=False, sigma=False)
 class NoAugment:
-    """The training set as it is."""
+    """The training set as it is, with plain cross-entropy."""
 
     name = "none"
+    loss_name = "cross-entropy"  # an entry of benchmark.losses.LOSSES
     added = 0
     note = "no augmentation"
 
-    def __init__(self, labels: torch.Tensor, **_):
+    def __init__(self, labels: torch.Tensor, *, num_classes: int | None = None, **_):
         self.n = len(labels)
+        counts = torch.bincount(labels.cpu(), minlength=num_classes or 0)
+        self.loss: CrossEntropy = make_loss(self.loss_name, counts)
 
     def plan(self, gen: torch.Generator) -> EpochPlan:
         device = gen.device
@@ -67,20 +80,17 @@ class NoAugment:
         return x
 
 
-@AUGMENTS.register("flip+noise")
-class FlipNoise(NoAugment):
-    """Oversample each tail class up to the head classes' mean count; every added image is a
-    random image of its class, flipped left-right with probability 1/2, plus N(0, sigma^2)
-    noise (sigma in units of the [0, 1] pixel range), clipped to [0, 1]."""
+@AUGMENTS.register("oversample", oversamples=True, sigma=False)
+class Oversample(NoAugment):
+    """Random oversampling: each tail class is filled up to the head classes' mean count with
+    random images of its class, repeated as they are (the control for flip+noise: what
+    repeating tail images does without altering them)."""
 
-    name = "flip+noise"
+    name = "oversample"
 
-    def __init__(self, labels: torch.Tensor, *, tail_classes: Sequence[int], sigma: float,
-                 num_classes: int | None = None):
-        super().__init__(labels)
-        if not sigma >= 0:
-            raise DataError(f"flip+noise sigma must be >= 0, got {sigma}")
-        self.sigma = float(sigma)
+    def __init__(self, labels: torch.Tensor, *, tail_classes: Sequence[int],
+                 num_classes: int | None = None, **_):
+        super().__init__(labels, num_classes=num_classes)
         counts = torch.bincount(labels.cpu(), minlength=num_classes or 0)
         head = [c for c in range(len(counts)) if c not in tail_classes and counts[c] > 0]
         target = round(counts[head].float().mean().item()) if head else 0
@@ -88,9 +98,9 @@ class FlipNoise(NoAugment):
         self.pools = [(torch.nonzero(labels == c).flatten(), target - int(counts[c]))
                       for c in tail_classes if 0 < counts[c] < target]
         self.added = sum(k for _, k in self.pools)
-        self.note = (f"flip+noise adds {self.added} images per epoch to reach {target} per tail "
-                     "class" if self.added else
-                     "flip+noise adds nothing: the tail classes already match the head")
+        self.note = (f"{self.name} adds {self.added} images per epoch to reach {target} per "
+                     "tail class" if self.added else
+                     f"{self.name} adds nothing: the tail classes already match the head")
 
     def plan(self, gen: torch.Generator) -> EpochPlan:
         base = super().plan(gen)
@@ -101,6 +111,22 @@ class FlipNoise(NoAugment):
         extra_idx = torch.cat(extra).to(gen.device)
         return EpochPlan(torch.cat([base.index, extra_idx]),
                          torch.cat([base.synthetic, torch.ones_like(extra_idx, dtype=torch.bool)]))
+
+
+@AUGMENTS.register("flip+noise", oversamples=True, sigma=True)
+class FlipNoise(Oversample):
+    """Oversample each tail class up to the head classes' mean count; every added image is a
+    random image of its class, flipped left-right with probability 1/2, plus N(0, sigma^2)
+    noise (sigma in units of the [0, 1] pixel range), clipped to [0, 1]."""
+
+    name = "flip+noise"
+
+    def __init__(self, labels: torch.Tensor, *, tail_classes: Sequence[int], sigma: float,
+                 num_classes: int | None = None):
+        if not sigma >= 0:
+            raise DataError(f"flip+noise sigma must be >= 0, got {sigma}")
+        super().__init__(labels, tail_classes=tail_classes, num_classes=num_classes)
+        self.sigma = float(sigma)
 
     def apply(self, x: torch.Tensor, synthetic: int, gen: torch.Generator) -> torch.Tensor:
         # flips and noise are drawn for the synthetic rows only (the batch's last ones), on
@@ -115,7 +141,47 @@ class FlipNoise(NoAugment):
         return x
 
 
+class LossRemedy(NoAugment):
+    """The training set as it is, trained with the loss `loss_name` (see benchmark.losses)."""
+
+    def __init__(self, labels: torch.Tensor, *, num_classes: int | None = None, **_):
+        super().__init__(labels, num_classes=num_classes)
+        params = ", ".join(f"{k} {v:g}" for k, v in self.loss.params.items())
+        self.note = f"no oversampling; loss {self.loss_name}" + (f" ({params})" if params else "")
+
+
+@AUGMENTS.register("reweight", oversamples=False, sigma=False)
+class Reweight(LossRemedy):
+    """Class-balanced loss by effective number (Cui et al. 2019): cross-entropy weighted by
+    w_c = (1 - beta) / (1 - beta^n_c), summing to C."""
+
+    name, loss_name = "reweight", "class-balanced"
+
+
+@AUGMENTS.register("logit-adjust", oversamples=False, sigma=False)
+class LogitAdjust(LossRemedy):
+    """Logit-adjusted loss (Menon et al. 2021): cross-entropy of z_c + tau * log pi_c."""
+
+    name, loss_name = "logit-adjust", "logit-adjusted"
+
+
+@AUGMENTS.register("balanced-softmax", oversamples=False, sigma=False)
+class BalancedSoftmax(LossRemedy):
+    """Balanced softmax (Ren et al. 2020): cross-entropy of z_c + log n_c."""
+
+    name, loss_name = "balanced-softmax", "balanced-softmax"
+
+
+@AUGMENTS.register("ldam-drw", oversamples=False, sigma=False)
+class LdamDrw(LossRemedy):
+    """LDAM margins Delta_c = K / n_c^(1/4) with deferred class-balanced re-weighting over the
+    last 20% of the epochs (Cao et al. 2019)."""
+
+    name, loss_name = "ldam-drw", "ldam-drw"
+
+
 def make_augment(name: str, labels: torch.Tensor, **kwargs) -> NoAugment:
-    """The augmentation `name` for these training labels; an unknown name raises, listing the
-    choices. Every augmentation takes (labels, tail_classes=, sigma=, num_classes=)."""
+    """The remedy `name` for these training labels; an unknown name raises, listing the
+    choices. Every remedy takes (labels, tail_classes=, sigma=, num_classes=); give
+    num_classes: without it a loss counts a class above the largest label as one image."""
     return AUGMENTS[name](labels, **kwargs)
