@@ -8,7 +8,6 @@ a pruner asked after the last epoch can still prune, and then the trial has no v
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import optuna
@@ -48,15 +47,6 @@ def percentile(cell: Cell) -> optuna.pruners.BasePruner:
     """The median rule made stricter: a trial goes on only while its best value is in the top
     quarter of the completed trials at the same epoch."""
     return optuna.pruners.PercentilePruner(25.0, n_startup_trials=2, n_warmup_steps=warmup(cell))
-
-
-@PRUNERS.register("patient", about="median rule, but never a trial that improved last epoch")
-def patient(cell: Cell) -> optuna.pruners.BasePruner:
-    """The median rule made more lenient: a trial it would stop goes on while its last two
-    epochs improved on its best before them (Optuna's PatientPruner, patience 1)."""
-    with warnings.catch_warnings():  # "experimental" since Optuna 2.8: known, and used
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.pruners.PatientPruner(median(cell), patience=1)
 
 
 @PRUNERS.register("none", about="no pruning: every trial runs to the end")

@@ -33,6 +33,7 @@ from benchmark.data import Dataset
 from benchmark.recording import Recorder
 from studies.locks import locks_place, open_locks
 from studies.objective import Objective, tuning_data
+from studies.pruners import DEFAULT, make_pruner
 from studies.sampler import IndexedSampler
 from studies.space import SPACE, Param, check_space, searched, starting_point
 from studies.storage import is_journal, masked, open_studies, storage_url
@@ -78,10 +79,19 @@ def study_name(cell: Cell) -> str:
 
 
 def default_pruner(cell: Cell) -> optuna.pruners.BasePruner:
-    # see the module docstring for why the median rule, from the third trial, after a third
-    # of the epochs (Optuna's steps are our epochs, from 1: step < n_warmup_steps is spared)
-    return optuna.pruners.MedianPruner(n_startup_trials=2,
-                                       n_warmup_steps=max(1, cell.epochs // 3))
+    """studies/pruners.py's default rule for this cell (see the module docstring for why)."""
+    return make_pruner(DEFAULT, cell)
+
+
+def pruner_of(cell: Cell, pruner: str | optuna.pruners.BasePruner | None
+              ) -> tuple[optuna.pruners.BasePruner, str]:
+    """(the pruner, its name for the cell run's tag): a rule's name, a pruner, or None for the
+    default rule. The pruner is no part of the study key: a study continued under another
+    rule mixes the two, and the tag says which rule the cell's run tuned with."""
+    if pruner is None or isinstance(pruner, str):
+        name = pruner or DEFAULT
+        return make_pruner(name, cell), name
+    return pruner, type(pruner).__name__
 
 
 def make_sampler(cell: Cell) -> optuna.samplers.BaseSampler:
@@ -97,7 +107,7 @@ def make_sampler(cell: Cell) -> optuna.samplers.BaseSampler:
         seed=(key + index) % 2**32, n_startup_trials=startup))
 
 
-def _open_study(cell: Cell, storage, pruner) -> optuna.Study:
+def _open_study(cell: Cell, storage, pruner: optuna.pruners.BasePruner) -> optuna.Study:
     """The cell's study, created on first use, loaded with its sampler and pruner."""
     name = study_name(cell)
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
@@ -107,7 +117,7 @@ def _open_study(cell: Cell, storage, pruner) -> optuna.Study:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([OBJECTIVE])
     return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(cell),
-                             pruner=pruner or default_pruner(cell))
+                             pruner=pruner)
 
 
 @dataclass(frozen=True)
@@ -118,7 +128,8 @@ class TuneOptions:
     timeout: float | None = None  # seconds one cell's study may take; None: no limit
     jobs: int = 1  # trials at once, in threads sharing the device
     progress: bool = False  # Optuna's bar over the trials (on a terminal)
-    pruner: optuna.pruners.BasePruner | None = None  # None: default_pruner(cell)
+    # a rule of studies/pruners.py by name, or a pruner; None: the default rule
+    pruner: str | optuna.pruners.BasePruner | None = None
     space: tuple[Param, ...] = SPACE  # what is searched
 
 
@@ -134,8 +145,10 @@ def tune_cell(cell: Cell, data: Dataset, device: torch.device, run: Recorder,
     space = options.space
     check_space(space)
     url = storage_url(options.storage)
-    study = _open_study(cell, open_studies(url), options.pruner)
-    run.set_tags({"optuna_study": study.study_name, "optuna_url": masked(url)})
+    pruner, pruner_name = pruner_of(cell, options.pruner)
+    study = _open_study(cell, open_studies(url), pruner)
+    run.set_tags({"optuna_study": study.study_name, "optuna_url": masked(url),
+                  "optuna_pruner": pruner_name})
     if not study.get_trials(deepcopy=False):
         # the cell's own values first: tuning can then only improve on them (on validation)
         study.enqueue_trial(starting_point(cell, space), skip_if_exists=True)

@@ -37,7 +37,7 @@ from benchmark.data import Dataset
 from benchmark.errors import UserError
 from benchmark.recording import NullRunLog
 from studies import TuneOptions, tune_cell
-from studies.pruners import DEFAULT, PRUNERS, make_pruner
+from studies.pruners import DEFAULT, PRUNERS
 
 CANDIDATES = ("median", "halving", "percentile")  # today's rule first: the others' baseline
 CELLS = (("balanced", "none"), ("long-tail", "none"), ("long-tail", "flip+noise"))
@@ -77,8 +77,7 @@ def run_study(cell: Cell, data: Dataset, device: torch.device, pruner: str) -> S
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         result = tune_cell(cell, cut(cell, data), device, NullRunLog(),
-                           TuneOptions(Path(tmp) / "optuna.journal",
-                                       pruner=make_pruner(pruner, cell)))
+                           TuneOptions(Path(tmp) / "optuna.journal", pruner=pruner))
     return StudyRow(f"{cell.name} · seed {cell.seed}", pruner, result.epochs_trained,
                     cell.trials * cell.epochs, result.complete, result.pruned,
                     result.summary.best_value, result.best.get("lr"),
@@ -129,20 +128,21 @@ def _acc(v: float | None) -> str:
 
 
 def table(rows: list[StudyRow], summary: list[dict]) -> str:
+    """A line per (study, rule), then a line per rule against the first (the baseline)."""
+    base = summary[0]["pruner"] if summary else DEFAULT
     lines = [f"{'study':<40} {'pruner':<11} {'epochs':>9} {'best':>6}"]
     lines += [f"{r.study:<40} {r.pruner:<11} {f'{r.epochs}/{r.full}':>9} {_acc(r.best):>6}"
               for r in rows]
-    lines += ["", f"{'pruner':<11} {'studies':>7} {'epochs':>9} {'vs median':>9} "
-                  f"{'mean best':>9} {'best - median: mean [min, max]':>31} {'worse':>5}"]
+    lines += ["", f"{'pruner':<11} {'studies':>7} {'epochs':>9} {'vs ' + base:>10} "
+                  f"{'mean best':>9} {f'best - {base}: mean [min, max]':>31} {'worse':>5}"]
     for s in summary:
-        d = s["best_minus_baseline"]
+        d, epochs = s["best_minus_baseline"], f"{s['epochs']}/{s['full']}"
         diff = "-" if d is None else f"{d['mean']:+.3f} [{d['min']:+.3f}, {d['max']:+.3f}]"
-        epochs = f"{s['epochs']}/{s['full']}"
         lines.append(f"{s['pruner']:<11} {s['studies']:>7} {epochs:>9} "
-                     f"{s['epochs_vs_baseline']:>9.0%} {_acc(s['mean_best']):>9} {diff:>31} "
+                     f"{s['epochs_vs_baseline']:>10.0%} {_acc(s['mean_best']):>9} {diff:>31} "
                      f"{s['studies_worse']:>5}")
     std = summary[0]["baseline_best_std"] if summary else None
-    lines.append(f"study-to-study std of the median rule's best: {_acc(std)}")
+    lines.append(f"study-to-study std of the {base} rule's best: {_acc(std)}")
     return "\n".join(lines)
 
 
@@ -157,10 +157,41 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model", default="cnn", choices=("cnn", "rnn", "resnet50"))
     p.add_argument("--out", default="pruners.json", help="where to write the rows as JSON")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks it runs")
+    p.add_argument("--from", dest="inputs", nargs="+", default=[], metavar="JSON",
+                   help="train nothing: the table of earlier runs' JSON files together (runs "
+                        "of different seeds, e.g. side by side in two processes)")
     return p
 
 
+def merged(paths: list[str]) -> dict:
+    """The rows, cells and machines of earlier runs' JSON files, as one result."""
+    parts = []
+    for path in paths:
+        try:
+            parts.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as e:
+            raise UserError(f"--from {path}: cannot read it as `tailbench pruners` JSON "
+                            f"({e}); give files that `tailbench pruners --out` wrote") from None
+    return {"machine": [p["machine"] for p in parts], "sources": list(paths),
+            "cells": [c for p in parts for c in p["cells"]],
+            "rows": [r for p in parts for r in p["rows"]],
+            "seconds": sum(p["seconds"] for p in parts)}
+
+
+def _report(result: dict, baseline: str, out: str, note: str = "") -> None:
+    rows = [StudyRow(**r) for r in result["rows"]]
+    result["summary"] = summary = summarize(rows, baseline)
+    print(f"\n{table(rows, summary)}\n\n{result['seconds']:.0f}s of studies{note}")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def run(args: argparse.Namespace, data: Dataset | None = None) -> int:
+    if args.inputs:
+        result = merged(args.inputs)
+        _report(result, result["rows"][0]["pruner"] if result["rows"] else DEFAULT, args.out)
+        return 0
     if not args.seeds:
         raise UserError("--seeds needs at least one seed")
     data = data or load_images()
@@ -170,15 +201,11 @@ def run(args: argparse.Namespace, data: Dataset | None = None) -> int:
           flush=True)
     start, load = time.perf_counter(), os.getloadavg()[0]
     rows = compare(cells, data, device, tuple(args.pruners), echo=lambda s: print(s, flush=True))
-    summary = summarize(rows, args.pruners[0])
-    print(f"\n{table(rows, summary)}\n\n{time.perf_counter() - start:.0f}s in all"
-          + (" (--quick: tiny sizes, these numbers decide nothing)" * args.quick))
     about = machine(Context(device, data, {}, 0)) | {"load_before": load,
                                                      "load_after": os.getloadavg()[0]}
     result = {"machine": about, "cells": [c.params() for c in cells],
-              "rows": [dataclasses.asdict(r) for r in rows], "summary": summary,
+              "rows": [dataclasses.asdict(r) for r in rows],
               "seconds": time.perf_counter() - start}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    _report(result, args.pruners[0], args.out,
+            " (--quick: tiny sizes, these numbers decide nothing)" * args.quick)
     return 0
