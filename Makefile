@@ -67,7 +67,7 @@ dashboard: install
 perf: install
 	.venv/bin/tailbench perf --out $(STORE)/perf.json $(ARGS)
 
-# today's pruning rule against its candidates over 6 quick cnn studies: long (see README)
+# today's pruning rule against its candidates over 9 quick cnn studies: about an hour (see README)
 pruners: install
 	.venv/bin/tailbench pruners --out $(STORE)/pruners.json $(ARGS)
 

@@ -9,8 +9,8 @@ trained over all trials (the cost) and the best validation balanced accuracy the
 (what a cell then trains with). Epochs and accuracies do not depend on the machine's load;
 wall time does, and is kept only as a note.
 
-Too long for `make perf` (a study takes 1-2 minutes of a 2-core CPU, and a comparison needs
-several studies per rule), hence a command of its own.
+Too long for `make perf` (a study took 1 to 6 minutes of a loaded 2-core CPU, and a
+comparison needs several studies per rule), hence a command of its own.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from benchmark import train
-from benchmark.app.perf import load_images, machine
+from benchmark.app.perf import NETWORKS, load_images, machine
 from benchmark.app.perf_timing import Context
 from benchmark.app.repetitions import cut
 from benchmark.cells import Cell, apply_profile, load_profile
@@ -41,7 +41,7 @@ from studies.pruners import DEFAULT, PRUNERS
 
 CANDIDATES = ("median", "halving", "percentile")  # today's rule first: the others' baseline
 CELLS = (("balanced", "none"), ("long-tail", "none"), ("long-tail", "flip+noise"))
-SEEDS = (0, 1)  # cell seeds: each its own subsample, cut, split, weights and sampler seed
+SEEDS = (0, 1, 2)  # cell seeds: each its own subsample, cut, split, weights and sampler seed
 QUICK = {"epochs": 2, "trials": 3, "train_limit": 200, "test_limit": 50, "batch_size": 32}
 
 
@@ -153,8 +153,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--pruners", nargs="+", default=list(CANDIDATES), choices=PRUNERS.names(),
                    help=f"rules to compare, the baseline first (default {' '.join(CANDIDATES)})")
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS),
-                   help="cell seeds: each seed is one study of each of the three cnn cells")
-    p.add_argument("--model", default="cnn", choices=("cnn", "rnn", "resnet50"))
+                   help="cell seeds (default 0 1 2): each is one study of each of the three cells")
+    p.add_argument("--model", default="cnn", choices=NETWORKS,
+                   help="whose quick cells to tune (default cnn)")
     p.add_argument("--out", default="pruners.json", help="where to write the rows as JSON")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks it runs")
     p.add_argument("--from", dest="inputs", nargs="+", default=[], metavar="JSON",
