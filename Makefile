@@ -11,7 +11,7 @@ OPTUNA_STORAGE ?= $(STORE)/optuna.journal
 PORT    ?= 5000
 DASHBOARD_PORT ?= 8080
 
-.PHONY: install test test-fast benchmark report results ui dashboard perf gpu-check services \
+.PHONY: install test test-fast benchmark report results ui dashboard perf pruners gpu-check services \
         services-stop slurm slurm-stop lint clean
 
 install: $(VENV)
@@ -66,6 +66,10 @@ dashboard: install
 
 perf: install
 	.venv/bin/tailbench perf --out $(STORE)/perf.json $(ARGS)
+
+# today's pruning rule against its candidates over 9 quick cnn studies: about an hour (see README)
+pruners: install
+	.venv/bin/tailbench pruners --out $(STORE)/pruners.json $(ARGS)
 
 # on a CUDA machine, under 5 minutes: 4 trials at once, 4 cnns packed vs sequential, bf16,
 # channels_last; JSON in runs/

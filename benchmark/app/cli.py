@@ -11,7 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
-from benchmark.app import gpu_check, launchers, perf, register
+from benchmark.app import gpu_check, launchers, perf, perf_pruners, register
 from benchmark.app.console import Console, one_line_warnings, quiet_libraries
 from benchmark.data import SOURCES, default_data_dir, resolve_name
 from benchmark.errors import UserError
@@ -264,13 +264,15 @@ def parser() -> argparse.ArgumentParser:
     _run_parser(sub)
     _report_parser(sub)
     perf.add_parser(sub)
+    perf_pruners.add_parser(sub)
     register.add_parser(sub)
     gpu_check.add_parser(sub)
     return p
 
 
 COMMANDS = {"train": cmd_train, "run": cmd_run, "report": cmd_report, "results": cmd_report,
-            "perf": perf.run, "register": register.run, "gpu-check": gpu_check.run}
+            "perf": perf.run, "pruners": perf_pruners.run, "register": register.run,
+            "gpu-check": gpu_check.run}
 
 
 def main(argv: list[str] | None = None) -> int:
