@@ -46,7 +46,7 @@ class Cell:
     batch_size: int = 1024  # images per SGD step
     lr: float = 0.01  # SGD learning rate; the starting point when tuned
     sigma: float = 0.05  # flip+noise noise std, in units of the [0, 1] pixel range
-    # the tail: the classes long-tail cuts, flip+noise oversamples and tail_acc scores; the
+    # the tail: the classes long-tail cuts, oversample and flip+noise fill up, tail_acc scores; the
     # reference's are the first five (CIFAR-10's airplane ... deer). Kept sorted.
     tail_classes: tuple[int, ...] = (0, 1, 2, 3, 4)
     tail_fraction: float = 0.1  # share of each tail class's images that long-tail keeps

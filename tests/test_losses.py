@@ -216,6 +216,9 @@ def test_every_remedy_trains_end_to_end(name, long_tail_split):
                   augment=remedy)
     assert len(history) == 3 and all(math.isfinite(m["train_loss"]) for m in history)
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
+    # it learns: the plain cross-entropy on its own training images (fit's "test" here) falls
+    # (seen: by 0.01 for ldam-drw, 0.03-0.3 for the others, in 3 epochs)
+    assert history[-1]["test_loss"] < history[0]["test_loss"]
     # train_loss is the remedy's own loss: plain cross-entropy only for the plain ones
     with torch.no_grad():
         z = model(long_tail_split.x[:8].float() / 255)
