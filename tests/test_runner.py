@@ -108,6 +108,16 @@ def test_a_cell_is_a_top_level_run_with_its_repetitions_nested(store, data):
     assert "adds" in flip["tags.augment_note"]
 
 
+def test_a_loss_remedy_cell_runs_and_its_repetition_names_the_loss(store, data):
+    # the weighted loss learns slower than plain cross-entropy: 2 epochs collapse (seen)
+    cell = dataclasses.replace(CELLS[1], augment="reweight", epochs=4)
+    assert [o.status for o in run(store, data, cells=[cell])] == ["finished"]
+    reps = runs_of(store, "repetition")
+    assert len(reps) == 1 and reps.iloc[0]["tags.augment_note"] == \
+        "no oversampling; loss class-balanced (beta 0.9999)"
+    assert cell_runs(store).iloc[0]["params.augment"] == "reweight"
+
+
 def test_a_rerun_trains_only_missing_repetitions_and_force_starts_a_new_cell_run(
         store, data, monkeypatch):
     run(store, data, cells=CELLS[:1])
