@@ -56,6 +56,7 @@ def services():
         for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
             os.environ.pop(k, None)
         subprocess.run([script, "stop"], env=env, capture_output=True, timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)  # its databases: nothing is left in /tmp
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +130,9 @@ def wait(proc: subprocess.Popen, seconds: float = 400) -> str:
 
 
 def test_three_workers_share_a_study_and_run_each_trial_once(services, data_dir, tmp_path):
-    bench = Bench(services, data_dir, tmp_path, trials=6)
+    # trials long enough (8 epochs) that the first worker cannot run all six while the
+    # others are still importing torch: then the trials really spread over the workers
+    bench = Bench(services, data_dir, tmp_path, trials=6, epochs=8)
     out = wait(bench.start("--workers", "3"))
     assert "finished in" in out and "1 of 1 repetitions learned" in out, out
     assert "Traceback" not in out and "View run" not in out, out
