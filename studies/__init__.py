@@ -26,10 +26,12 @@ def _said_elsewhere(record: logging.LogRecord) -> bool:
 
 def quiet_logs() -> None:
     """Optuna's INFO line for every study and trial off: tailbench says what happened."""
-    optuna.logging.set_verbosity(logging.WARNING)
-    trials = logging.getLogger("optuna.study._optimize")
-    if _said_elsewhere not in trials.filters:
-        trials.addFilter(_said_elsewhere)
+    optuna.logging.set_verbosity(logging.WARNING)  # also installs Optuna's own handler
+    # on the handlers of Optuna's library logger (public: "optuna"), which every optuna.*
+    # module's records reach, rather than on the logger of one of its private modules
+    for handler in logging.getLogger("optuna").handlers:
+        if _said_elsewhere not in handler.filters:
+            handler.addFilter(_said_elsewhere)
 
 
 __all__ = ["SPACE", "Param", "StudySummary", "TrialRecord", "TuneOptions", "TuneResult",
