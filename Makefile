@@ -5,6 +5,7 @@ GRID    ?= full
 PROFILE ?= quick
 DATASET ?= auto
 ARGS    ?=
+WORKERS ?= auto
 STORE   ?= runs
 MLFLOW_URI ?= sqlite:///$(STORE)/mlflow.db
 OPTUNA_STORAGE ?= $(STORE)/optuna.journal
@@ -46,7 +47,7 @@ lint: install
 
 benchmark: install
 	.venv/bin/tailbench run --grid $(GRID) --profile $(PROFILE) --dataset $(DATASET) \
-	  --tracking-uri $(MLFLOW_URI) --storage $(OPTUNA_STORAGE) $(ARGS)
+	  --tracking-uri $(MLFLOW_URI) --storage $(OPTUNA_STORAGE) --workers $(WORKERS) $(ARGS)
 
 # the cells of the latest `tailbench run` on the store (ARGS="--invocation ID" for another)
 report: install

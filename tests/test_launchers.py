@@ -216,3 +216,22 @@ def test_a_job_that_raises_is_reported_with_its_error(local_jobs, tmp_path, make
     failed = [line for line in capsys.readouterr().err.splitlines() if "failed: job" in line]
     assert len(failed) == 1 and "raised benchmark.data.dataset.DataError" in failed[0]
     assert "test_batch: not a CIFAR-10 batch" in failed[0] and "_log.err" in failed[0]
+
+
+def test_workers_auto_is_one_per_core_up_to_four_and_no_more_than_the_cells(monkeypatch):
+    from dataclasses import replace
+
+    from benchmark.app.workers import WorkerPlan
+    from benchmark.cells import Cell, GridEntry
+
+    cells = tuple(GridEntry(Cell("cnn", "balanced", "none", epochs=1, seed=s), {})
+                  for s in range(6))
+    plan = WorkerPlan(cells, "cifar10", None, "cpu", "sqlite:///x.db", "e", None, None)
+    for cores, want in ((1, 1), (2, 2), (16, launchers.CPU_WORKERS)):
+        monkeypatch.setattr(launchers.os, "cpu_count", lambda cores=cores: cores)
+        assert launchers.Local.workers(plan, "auto") == want
+    assert launchers.Local.workers(replace(plan, entries=cells[:3]), "auto") == 3  # 3 cells
+    assert launchers.Local.workers(plan, None) == 1  # a plain `tailbench run` on a CPU
+    assert launchers.Local.workers(plan, 5) == 5
+    with pytest.raises(SystemExit):
+        main(["run", "--workers", "many"])

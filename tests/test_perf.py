@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 from functools import partial
 
@@ -46,7 +47,10 @@ def test_every_comparison_returns_a_row(ctx):
     timed = [compare for compare in perf.COMPARISONS if compare not in CELLS]
     rows = [r for compare in timed for r in perf.rows_of(compare, ctx)]
     assert len(timed) == len(perf.COMPARISONS) - len(CELLS)
-    assert len(rows) == len(timed) + 1  # the pipeline: against the tutorial, and before/after
+    # the pipeline: against the tutorial, and before/after; the workers: a row per model
+    # where there are cores to split, else none
+    cores = os.cpu_count() or 1
+    assert len(rows) == len(timed) + 1 + (len(perf.NETWORKS) if cores > 1 else 0) - 1
     units = {r.measure: r.unit for r in rows}
     assert units["rnn epoch, bf16 / fp32"] == "img/s"
     assert "bf16 − fp32" in next(r.note for r in rows if r.unit == "acc")
@@ -63,6 +67,8 @@ def test_every_comparison_returns_a_row(ctx):
     assert units["cnn training epoch"] == "img/s"
     assert units["flip+noise data pipeline"] == units["flip+noise: added rows only"] == "img/s"
     assert units["resnet50 training vs matmul"] == "GFLOP/s"
+    if cores > 1:
+        assert units[f"rnn epoch, {cores} one-thread workers / 1 process"] == "img/s"
     # the limit rows reuse the training rows' measured rate instead of timing again
     assert {"train/cnn", "train/rnn", "train/resnet50", "matmul/cnn"} <= set(ctx.cache)
 

@@ -38,6 +38,11 @@ def _number(kind: type, low: float = 0, low_ok: bool = True):
 _positive = _number  # >= 0
 
 
+def _workers(text: str) -> int | str:
+    """--workers: a count >= 1, or auto (launchers.Local.workers says how many)."""
+    return text if text == "auto" else _number(int, 1)(text)
+
+
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="auto", choices=list(SOURCES),
                    help="auto: CIFAR-10 where present or downloadable, else Fashion-MNIST")
@@ -117,9 +122,10 @@ def _run_parser(sub) -> None:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow store (env MLFLOW_TRACKING_URI, default sqlite:///runs/mlflow.db)")
     p.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
-    p.add_argument("--workers", type=_number(int, 1), default=None,
+    p.add_argument("--workers", type=_workers, default=None,
                    help="workers sharing the grid: processes here (default: one per GPU, "
-                        "else 1), or SLURM jobs with --launcher slurm (default 1)")
+                        "else 1; auto: one per GPU, else one per CPU core up to 4, at most "
+                        "one per cell), or SLURM jobs with --launcher slurm (default 1)")
     launchers.add_arguments(p)
     t = _trial_args(p)
     t.add_argument("--timeout", type=_positive(float), default=None,

@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 from benchmark import train
-from benchmark.app import perf_cells, perf_grid, perf_packed, perf_precision
+from benchmark.app import perf_cells, perf_grid, perf_packed, perf_precision, perf_workers
 from benchmark.app.perf_baseline import PilImages, add_noise, tutorial_epoch, tutorial_loader
 from benchmark.app.perf_timing import Comparison, Context, Row, alternate, paired
 from benchmark.cells import Cell
@@ -193,6 +193,7 @@ COMPARISONS: list[Comparison] = [
     perf_precision.accuracy,
     *(partial(perf_packed.speed, name=m, k=k) for m in perf_packed.NETWORKS
       for k in perf_packed.KS),
+    perf_workers.speeds,
     pipeline,
     *(partial(limit, name=m) for m in NETWORKS),
     perf_cells.tracking_overhead,
