@@ -170,7 +170,9 @@ def _run_entry(cell: Cell, data: Dataset, store: Store, locks: Locks, invocation
     cell_run, missing = _missing(store, cell, invocation)
     if not missing:
         store.run_log(cell_run.info.run_id).set_tags(tags)  # in this invocation's report
-        say(f"skipped (all {cell.seeds} repetitions finished before)")
+        now = cell_run.data.tags.get("invocation") == invocation.id  # another worker's, now
+        say(f"skipped (all {cell.seeds} repetitions finished "
+            f"{'by another worker' if now else 'before'})")
         return Outcome(cell, "skipped")
     held = locks.try_hold(cell_lock(cell.key))
     if held is None:  # another live worker trains this cell's final fits
