@@ -20,7 +20,7 @@ from tracking.store import Store
 
 CPU = torch.device("cpu")
 CELL = Cell("cnn", "long-tail", "flip+noise", epochs=1, batch_size=16, train_limit=300,
-            test_limit=40, tail_fraction=0.3, seeds=3)
+            test_limit=40, imbalance_ratio=3, seeds=3)
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +103,10 @@ def test_weights_batch_order_and_oversampling_draws_follow_the_repetition(data, 
 
 def test_the_tail_is_the_cells_tail_classes(tmp_path):
     """A cell with tail_classes (7, 9), run by the runner on a real store: the cut keeps one
-    image of horse and truck each (4% of 25) and all of the others, and its head/tail
+    image of horse and truck each (25 / rho 25) and all of the others, and its head/tail
     accuracy pool classes 0-6, 8 and classes 7, 9, as its param and results column say."""
     cell = Cell("cnn", "long-tail", "none", epochs=2, batch_size=8, lr=0.05, dataset="synthetic",
-                profile="quick", tail_fraction=0.04, tail_classes=(7, 9))
+                profile="quick", imbalance_ratio=25, tail_classes=(7, 9))
     data = learnable_dataset(250, 60, seed=1)  # 25 training and 6 test images a class
     store = Store(f"sqlite:///{tmp_path}/mlflow.db", "tailbench/synthetic/tail")
     [outcome] = runner.run_grid([GridEntry(cell, {})], data, store, device=CPU,
