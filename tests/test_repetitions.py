@@ -124,3 +124,15 @@ def test_the_tail_is_the_cells_tail_classes(tmp_path):
     assert row["head_acc"] == pytest.approx(sum(head) / 8)
     # the check means something: the reference's tail (0-4) would have scored otherwise
     assert row["tail_acc"] != pytest.approx(sum(acc[:5]) / 5)
+
+
+def test_an_exp_cell_cuts_by_its_protocol_and_oversamples_its_own_tail(data):
+    """The real data path of an exp cell: 50 training images a class at rho 10 keep
+    floor(50 * 10^(-i/9)) = 50, 38, 29, 23, 17, 13, 10, 8, 6, 5 (199 in all), each repetition
+    its own draw of them; its tail is classes 1-9, each filled by oversampling to 50."""
+    cell = Cell("cnn", "exp", "oversample", epochs=1, dataset="synthetic", imbalance_ratio=10)
+    assert cell.tail_classes == tuple(range(1, 10))
+    preps = [repetitions.prepare(cell, data, CPU, r) for r in (0, 1)]
+    assert [p.counts for p in preps] == [[50, 38, 29, 23, 17, 13, 10, 8, 6, 5]] * 2
+    assert not torch.equal(preps[0].data.train_x, preps[1].data.train_x)
+    assert preps[0].augment.added == 500 - 199

@@ -9,8 +9,17 @@ import torch
 from benchmark.data import DataError, Dataset
 from benchmark.data.augment import AUGMENTS, FlipNoise, NoAugment, batches, make_augment
 from benchmark.data.sampling import stratified_split, stratified_subset
-from benchmark.data.variants import (VARIANTS, class_counts, exp_counts, exp_indices, exp_tail,
-                                     long_tail_indices, make_variant, step_counts, variant_tail)
+from benchmark.data.variants import (
+    VARIANTS,
+    class_counts,
+    exp_counts,
+    exp_indices,
+    exp_tail,
+    long_tail_indices,
+    make_variant,
+    step_counts,
+    variant_tail,
+)
 
 TAIL = (0, 1, 2, 3, 4)
 # each variant's training counts per class from 50 images a class, tail 0..4, rho 10
