@@ -16,7 +16,7 @@ import numpy as np
 
 from benchmark.data.augment import AUGMENTS
 from benchmark.data.sources import CLASS_COUNTS
-from benchmark.data.variants import VARIANTS
+from benchmark.data.variants import VARIANTS, variant_tail
 from benchmark.errors import UserError
 from benchmark.models import MODELS
 from benchmark.train import PRECISIONS
@@ -24,8 +24,11 @@ from benchmark.train import PRECISIONS
 GRID_DIR = Path(__file__).parent / "grids"
 PROFILES = GRID_DIR / "profiles.toml"
 # 2: a cell run holds repetitions (layout 1: one fit per run); 3: tail_classes is a field (in
-# layout 2 every cell's tail was classes 0-4): keys of another layout never match
-KEY_LAYOUT = 3
+# layout 2 every cell's tail was classes 0-4); 4: imbalance_ratio (rho) replaces tail_fraction
+# (a tail class keeps round(n / rho) images, not round(n * fraction)) and the variant exp
+# exists: keys of another layout never match
+KEY_LAYOUT = 4
+REFERENCE_TAIL = (0, 1, 2, 3, 4)  # the reference's tail: CIFAR-10's airplane ... deer
 REPETITION_FIELDS = {"seeds"}  # how many repetitions: not part of the cell's key
 
 
@@ -38,7 +41,7 @@ class Cell:
     """One (model, variant, remedy) experiment with everything that fixes its result."""
 
     model: str
-    variant: str  # "balanced" or "long-tail"
+    variant: str  # an entry of VARIANTS: "balanced", "long-tail" (step), "exp"
     augment: str  # the remedy, an entry of AUGMENTS: "none", "flip+noise", "reweight", ...
     epochs: int
     dataset: str = "auto"  # resolved to the source actually loaded before any cell runs
@@ -47,9 +50,12 @@ class Cell:
     lr: float = 0.01  # SGD learning rate; the starting point when tuned
     sigma: float = 0.05  # flip+noise noise std, in units of the [0, 1] pixel range
     # the tail: the classes long-tail cuts, oversample and flip+noise fill up, tail_acc scores; the
-    # reference's are the first five (CIFAR-10's airplane ... deer). Kept sorted.
-    tail_classes: tuple[int, ...] = (0, 1, 2, 3, 4)
-    tail_fraction: float = 0.1  # share of each tail class's images that long-tail keeps
+    # reference's are the first five (CIFAR-10's airplane ... deer). Kept sorted. exp fixes its
+    # own (every class but class 0): an exp cell holds that tail, its default becomes it.
+    tail_classes: tuple[int, ...] = REFERENCE_TAIL
+    # rho, the largest class count over the smallest: long-tail's tail classes keep 1/rho of
+    # their images (the reference's 10%), exp's class i keeps n_max * rho^(-i/(C-1))
+    imbalance_ratio: float = 10.0
     train_limit: int = 0  # stratified subset of the training set before the cut; 0 = all
     test_limit: int = 0  # stratified subset of the test set; 0 = all
     trials: int = 0  # Optuna trials tuning lr (and sigma); 0 = the fixed lr and sigma
@@ -66,6 +72,7 @@ class Cell:
         float 1.0), so equal cells have equal keys."""
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _checked(f.name, f.type, getattr(self, f.name)))
+        object.__setattr__(self, "tail_classes", _variant_tail(self))
         _check_tail(self.tail_classes, self.dataset)
 
     @property
@@ -118,7 +125,7 @@ RANGES = {  # field -> (whether a value is allowed, what the message says it mus
     "batch_size": (lambda v: v >= 1, "at least 1"),
     "lr": (lambda v: 0 < v < math.inf, "> 0 and finite"),
     "sigma": (lambda v: 0 <= v < math.inf, ">= 0 and finite"),
-    "tail_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "imbalance_ratio": (lambda v: 1 <= v < math.inf, ">= 1 and finite"),
     "train_limit": (lambda v: v >= 0, "at least 0 (0 = all)"),
     "test_limit": (lambda v: v >= 0, "at least 0 (0 = all)"),
     "trials": (lambda v: v >= 0, "at least 0 (0 = no tuning)"),
@@ -167,11 +174,28 @@ def _int_tuple(name: str, value: object) -> tuple[int, ...]:
     return tuple(sorted(items))
 
 
+def _num_classes(dataset: str) -> int:
+    """The dataset's class count; one not yet resolved (`auto`) or not a source (one a test
+    builds) is held to the most classes any source has."""
+    return CLASS_COUNTS.get(dataset, max(CLASS_COUNTS.values()))
+
+
+def _variant_tail(cell: Cell) -> tuple[int, ...]:
+    """The cell's tail: its tail_classes, or the one its variant fixes (exp), which the default
+    tail becomes and any other tail is refused for."""
+    own = variant_tail(cell.variant, cell.tail_classes, _num_classes(cell.dataset))
+    if own != cell.tail_classes and cell.tail_classes != REFERENCE_TAIL:
+        raise GridError(f"variant {cell.variant} fixes its own tail, classes "
+                        f"{', '.join(map(str, own))} (every class it shrinks below the largest): "
+                        f"leave tail_classes out, got {list(cell.tail_classes)}")
+    return own
+
+
 def _check_tail(tail: tuple[int, ...], dataset: str) -> None:
     """The tail classes are classes of the cell's dataset and leave it a head. A dataset not
     yet resolved (`auto`) or not a source (one a test builds) is held to the most classes any
     source has; the loaded data checks its own count again (make_variant)."""
-    n = CLASS_COUNTS.get(dataset, max(CLASS_COUNTS.values()))
+    n = _num_classes(dataset)
     of = dataset if dataset in CLASS_COUNTS else " or ".join(CLASS_COUNTS)
     bad = [c for c in tail if not 0 <= c < n]
     if bad:
@@ -262,17 +286,67 @@ def apply_profile(cell: Cell, name: str, profile: dict) -> Cell:
     return dataclasses.replace(cell, profile=name, **changes)
 
 
+RESTRICTS = ("model", "variant", "augment")  # what a grid's [profile.NAME] table may restrict
+
+
+def load_restriction(grid: str, profile: str) -> dict[str, list[str]]:
+    """What the grid file's `[profile.NAME]` table keeps of its cells under that profile, by
+    model, variant or augment (`[profile.quick] model = ["cnn"]`: quick runs the cnn cells
+    alone); {} when the file has no table for it. A table names a profile of profiles.toml and
+    lists registry names; anything else is a GridError naming the file and the table."""
+    path = grid_path(grid)
+    tables = _read_toml(path).get("profile", {})
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        raise GridError(f"{path}: `profile` must hold tables, as [profile.quick] "
+                        'model = ["cnn"]')
+    known = _read_toml(PROFILES)
+    for name, table in tables.items():
+        where = f"{path}: [profile.{name}]"
+        if name not in known:
+            raise GridError(f"{where}: unknown profile {name!r}; {PROFILES.name} has "
+                            f"{', '.join(known)}")
+        unknown = set(table) - set(RESTRICTS)
+        if unknown:
+            raise GridError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; a grid's "
+                            f"profile table keeps cells by {', '.join(RESTRICTS)} (settings "
+                            f"for every cell go in {PROFILES.name})")
+        for key, names in table.items():
+            if not isinstance(names, list) or not names or \
+                    not all(isinstance(n, str) for n in names):
+                raise GridError(f"{where}: {key} must be a non-empty list of names, got "
+                                f"{names!r}")
+            bad = [n for n in names if n not in CHOICES[key]]
+            if bad:
+                raise GridError(f"{where}: {key} {', '.join(map(repr, bad))} is not one of "
+                                f"{', '.join(CHOICES[key].names())}")
+    return tables.get(profile, {})
+
+
+def _keeps(cell: Cell, selection: dict[str, list[str]]) -> bool:
+    return all(getattr(cell, k) in v for k, v in selection.items() if v)
+
+
 def expand(grid: str, profile: str, dataset: str, filters: dict[str, list[str]] | None = None,
            overrides: dict[str, object] | None = None) -> list[GridEntry]:
-    """Grid -> profile -> dataset and overrides -> filters: the cells to run, in grid order."""
+    """Grid -> the grid's restriction for the profile -> profile -> dataset and overrides ->
+    filters: the cells to run, in grid order. A filter that only cells the restriction left
+    out match is a GridError that says so (rather than "no cell matches")."""
     prof = load_profile(profile)
-    out = []
+    restriction = load_restriction(grid, profile)
+    out, left_out = [], []
     for entry in load_grid(grid):
         try:
             cell = apply_profile(entry.cell, profile, prof)
         except GridError as e:  # a profile's value, checked by the cell it scales
             raise GridError(f"{PROFILES}: [{profile}]: {e}") from None
         cell = dataclasses.replace(cell, dataset=dataset, **(overrides or {}))
-        if all(getattr(cell, k) in v for k, v in (filters or {}).items() if v):
-            out.append(GridEntry(cell, entry.reference))
+        if not _keeps(cell, filters or {}):
+            continue
+        (out if _keeps(cell, restriction) else left_out).append(GridEntry(cell, entry.reference))
+    if not out and left_out:
+        kept = "; ".join(f"{k} {', '.join(v)}" for k, v in restriction.items())
+        asked = {k: v for k, v in (filters or {}).items() if v}
+        why = f"none of those matches {asked}" if asked else "the grid has none of those"
+        raise GridError(f"{grid_path(grid)}: profile {profile} runs only the cells of {kept}, "
+                        f"and {why}: choose another profile (paper runs every cell)")
     return out

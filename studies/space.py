@@ -5,7 +5,7 @@ To tune another hyperparameter, add a `Param` whose `name` is a field of
 int): each trial trains with that field replaced, the trial runs log it, the cell run records
 `best_<name>`, and the runner's `_tune` returns the cell with the field replaced (run_cell's
 final fit reads lr and sigma from that cell; a new field must be read from it there too).
-(Fields that shape the data before the split, such as tail_fraction, cannot be tuned here.)
+(Fields that shape the data before the split, such as imbalance_ratio, cannot be tuned here.)
 """
 
 from __future__ import annotations

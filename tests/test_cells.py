@@ -23,7 +23,7 @@ from benchmark.models import MODELS
 # a valid value other than the test cell's, for every field (a new field must add one)
 OTHER = {"model": "rnn", "variant": "balanced", "augment": "flip+noise", "epochs": 6,
          "dataset": "cifar10", "profile": "quick", "batch_size": 64, "lr": 0.1, "sigma": 0.1,
-         "tail_classes": (7, 9), "tail_fraction": 0.2, "train_limit": 100, "test_limit": 50,
+         "tail_classes": (7, 9), "imbalance_ratio": 100.0, "train_limit": 100, "test_limit": 50,
          "trials": 3, "seed": 1, "seeds": 3, "precision": "bf16"}
 
 
@@ -61,7 +61,7 @@ def test_keys_are_stable_and_change_with_every_field():
 
 @pytest.mark.parametrize("field, value, message", [
     ("model", "vgg", "model 'vgg' is not one of cnn, rnn, resnet50, resnet32"),
-    ("variant", "lt", "variant 'lt' is not one of balanced, long-tail"),
+    ("variant", "lt", "variant 'lt' is not one of balanced, long-tail, exp"),
     ("augment", "mixup", r"augment 'mixup' is not one of none, oversample, flip\+noise, "
                         "reweight, logit-adjust, balanced-softmax, ldam-drw"),
     ("model", 3, "model must be str, got 3"),
@@ -77,8 +77,8 @@ def test_keys_are_stable_and_change_with_every_field():
     ("lr", math.nan, "lr must be > 0 and finite, got nan"),
     ("lr", "fast", "lr must be float, got 'fast'"),
     ("sigma", -0.01, "sigma must be >= 0 and finite"),
-    ("tail_fraction", 0.0, r"tail_fraction must be in \(0, 1\], got 0.0"),
-    ("tail_fraction", 1.5, r"tail_fraction must be in \(0, 1\], got 1.5"),
+    ("imbalance_ratio", 0.5, r"imbalance_ratio must be >= 1 and finite, got 0.5"),
+    ("imbalance_ratio", math.inf, r"imbalance_ratio must be >= 1 and finite, got inf"),
     ("train_limit", -1, "train_limit must be at least 0"),
     ("test_limit", -1, "test_limit must be at least 0"),
     ("trials", -1, "trials must be at least 0"),
@@ -154,9 +154,9 @@ def test_every_range_is_of_a_cell_field():
 
 def test_a_cell_takes_the_edges_of_its_ranges_and_any_dataset_name():
     cell = Cell("cnn", "balanced", "none", epochs=1, seeds=1, batch_size=1, sigma=0.0,
-                tail_fraction=1.0, train_limit=0, test_limit=0, trials=0, seed=0,
+                imbalance_ratio=1.0, train_limit=0, test_limit=0, trials=0, seed=0,
                 dataset="synthetic")
-    assert cell.dataset == "synthetic" and cell.tail_fraction == 1.0
+    assert cell.dataset == "synthetic" and cell.imbalance_ratio == 1.0
 
 
 def test_numbers_become_plain_python_numbers():
@@ -220,7 +220,7 @@ def bad_grid(tmp_path, body):
      'epochs = 1\nlr = 0.1\n', r"\[\[cell\]\] #1: lr must be > 0 and finite, got 0.0"),
     ('[[cell]]\nmodel = "cnn"\nvariant = "balanced"\naugment = "none"\nepochs = 1\n'
      '[[cell]]\nmodel = "cnn"\nvariant = "balanced"\naugment = "none"\nepochs = 1\n'
-     'tail_fraction = 2\n', r"\[\[cell\]\] #2: tail_fraction must be in \(0, 1\]"),
+     'imbalance_ratio = 0\n', r"\[\[cell\]\] #2: imbalance_ratio must be >= 1"),
     ('[[cell]\nmodel = "cnn"', r"not valid TOML"),
     ('[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\naugment = "none"\nepochs = 1\n'
      'tail_classes = [0, 12]\n', r"\[\[cell\]\] #1: tail_classes 12 are not classes"),
@@ -232,6 +232,71 @@ def test_bad_grid_file_is_refused_naming_file_and_field(tmp_path, body, message)
     with pytest.raises(GridError, match=message) as err:
         load_grid(path)
     assert path in str(err.value)
+
+
+def test_an_exp_cell_holds_the_tail_its_protocol_fixes():
+    cell = Cell("cnn", "exp", "oversample", epochs=1, imbalance_ratio=100)
+    assert cell.tail_classes == tuple(range(1, 10))  # every class but class 0
+    assert Cell("cnn", "exp", "none", epochs=1, tail_classes=range(9, 0, -1)).key == \
+        Cell("cnn", "exp", "none", epochs=1).key
+    with pytest.raises(GridError, match=r"variant exp fixes its own tail, classes 1, 2, .*9 "
+                                        r".*leave tail_classes out, got \[7, 9\]"):
+        Cell("cnn", "exp", "none", epochs=1, tail_classes=(7, 9))
+    assert Cell("cnn", "long-tail", "none", epochs=1).tail_classes == (0, 1, 2, 3, 4)
+    assert Cell("cnn", "long-tail", "none", epochs=1).imbalance_ratio == 10.0  # the reference's
+
+
+def test_the_remedies_grid_expands_and_its_quick_profile_keeps_the_cnn():
+    paper = [e.cell for e in expand("remedies", "paper", "auto")]
+    assert len(paper) == 2 * 2 * 7 and {c.model for c in paper} == {"cnn", "resnet32"}
+    combos = {(c.model, c.variant, c.imbalance_ratio, c.augment) for c in paper}
+    assert combos == {(m, v, rho, a) for m in ("cnn", "resnet32")
+                      for v, rho in (("long-tail", 10.0), ("exp", 100.0)) for a in cells.AUGMENTS}
+    assert all(c.tail_classes == tuple(range(1, 10)) for c in paper if c.variant == "exp")
+    quick = [e.cell for e in expand("remedies", "quick", "auto")]
+    assert [(c.variant, c.augment) for c in quick] == [(c.variant, c.augment) for c in paper
+                                                        if c.model == "cnn"]
+    assert all(c.model == "cnn" and c.trials >= 8 and c.seeds == 3 for c in quick)
+    with pytest.raises(GridError, match="profile quick runs only the cells of model cnn, and "
+                                        r"none of those matches \{'model': \['resnet32'\]\}"):
+        expand("remedies", "quick", "auto", {"model": ["resnet32"]})
+    assert expand("remedies", "quick", "auto", {"model": ["rnn"]}) == []  # in no cell at all
+
+
+def _restricted(tmp_path, table: str) -> str:
+    return bad_grid(tmp_path, table + '\n[[cell]]\nmodel = "cnn"\nvariant = "balanced"\n'
+                    'augment = "none"\nepochs = 1\n[[cell]]\nmodel = "rnn"\n'
+                    'variant = "exp"\naugment = "none"\nepochs = 1\n')
+
+
+def test_a_grids_profile_table_restricts_that_profile_only(tmp_path):
+    grid = _restricted(tmp_path, '[profile.quick]\nvariant = ["exp"]\n'
+                                 '[profile.paper]\nmodel = ["cnn", "rnn"]\naugment = ["none"]')
+    assert [e.cell.model for e in expand(grid, "quick", "auto")] == ["rnn"]
+    assert [e.cell.model for e in expand(grid, "paper", "auto")] == ["cnn", "rnn"]
+    with pytest.raises(GridError, match="profile quick runs only the cells of variant long-tail, "
+                                        "and the grid has none of those"):
+        expand(_restricted(tmp_path, '[profile.quick]\nvariant = ["long-tail"]'), "quick",
+               "auto")
+
+
+@pytest.mark.parametrize("table, message", [
+    ('[profile.quick]\nepochs = 2', r"\[profile.quick\]: unknown key\(s\) epochs; a grid's "
+     r"profile table keeps cells by model, variant, augment \(settings for every cell go in "
+     r"profiles.toml\)"),
+    ('[profile.quik]\nmodel = ["cnn"]', r"\[profile.quik\]: unknown profile 'quik'; "
+     "profiles.toml has paper, quick"),
+    ('[profile.quick]\nmodel = ["vgg"]', r"\[profile.quick\]: model 'vgg' is not one of cnn, "),
+    ('[profile.quick]\nmodel = "cnn"', r"model must be a non-empty list of names, got 'cnn'"),
+    ('[profile.quick]\nmodel = []', "model must be a non-empty list of names"),
+    ('profile = 3', "`profile` must hold tables"),
+])
+def test_a_bad_profile_table_in_a_grid_is_refused_naming_file_and_table(tmp_path, table,
+                                                                       message):
+    grid = _restricted(tmp_path, table)
+    with pytest.raises(GridError, match=message) as err:
+        expand(grid, "paper", "auto")  # checked whichever profile runs
+    assert grid in str(err.value)
 
 
 def test_unknown_grid_and_profile_are_refused():

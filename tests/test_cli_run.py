@@ -7,7 +7,7 @@ import pytest
 from benchmark.app.cli import main
 
 GRID = ('[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\naugment = "none"\nepochs = 2\n'
-        'batch_size = 8\nlr = 0.05\ntail_fraction = 0.5\n')
+        'batch_size = 8\nlr = 0.05\nimbalance_ratio = 2\n')
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from tracking.store import Store
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (root only)")
 CELLS = [Cell("cnn", "long-tail", "none", epochs=2, batch_size=8, lr=0.05, dataset="synthetic",
-              profile="quick", tail_fraction=0.2, trials=0, seeds=1),
+              profile="quick", imbalance_ratio=5, trials=0, seeds=1),
          Cell("cnn", "balanced", "none", epochs=2, batch_size=8, lr=0.05, dataset="synthetic",
               profile="quick", trials=0, seeds=1)]
 

@@ -16,7 +16,7 @@ from studies.storage import StorageError, open_studies
 from studies.trials import Workers
 
 GRID = ('[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\naugment = "none"\nepochs = 2\n'
-        'batch_size = 8\nlr = 0.05\ntail_fraction = 0.5\n')
+        'batch_size = 8\nlr = 0.05\nimbalance_ratio = 2\n')
 
 
 def cut_last_record(journal, keep: float = 0.5) -> bytes:

@@ -20,7 +20,7 @@ from benchmark.app.slurm_options import SlurmOptions, absolute, check_stores, sb
 from benchmark.errors import UserError
 
 GRID = ('[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\naugment = "none"\nepochs = {epochs}\n'
-        'batch_size = 8\nlr = 0.05\ntail_fraction = 0.5\n')
+        'batch_size = 8\nlr = 0.05\nimbalance_ratio = 2\n')
 EXPERIMENT = "tailbench/cifar10/paper"
 
 

@@ -20,7 +20,7 @@ from tracking.models import registered_name
 from tracking.store import Store
 
 CELL = Cell("cnn", "long-tail", "none", epochs=2, batch_size=8, lr=0.05, dataset="synthetic",
-            profile="quick", tail_fraction=0.2, seeds=2)
+            profile="quick", imbalance_ratio=5, seeds=2)
 
 # no tailbench on the path: only MLflow, torch and numpy, as a user elsewhere would have
 LOAD = """

@@ -199,7 +199,7 @@ def test_fit_passes_the_epoch_to_the_remedys_loss():
 def long_tail_split() -> Split:
     x, y = learnable_images(200, 0)
     x, y = torch.from_numpy(x), torch.from_numpy(y)
-    keep = long_tail_indices(y, tail_classes=(0, 1, 2, 3, 4), fraction=0.2, seed=0)
+    keep = long_tail_indices(y, tail_classes=(0, 1, 2, 3, 4), ratio=5, seed=0)
     return Split(x[keep], y[keep])  # 4 images of each tail class, 20 of each head class
 
 

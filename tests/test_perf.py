@@ -155,7 +155,7 @@ def test_the_grid_time_shares_come_from_the_latest_runs_records(tmp_path):
     from tracking.store import Store
 
     cell = Cell("cnn", "long-tail", "none", epochs=2, batch_size=8, lr=0.05, trials=2,
-                dataset="synthetic", profile="quick", tail_fraction=0.2, seeds=2)
+                dataset="synthetic", profile="quick", imbalance_ratio=5, seeds=2)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     assert perf_grid.shares(perf.Context(torch.device("cpu"), None, {}, 1, tracking_uri=uri)) \
         == [] and not (tmp_path / "mlflow.db").exists()  # nothing run: no rows, no store made

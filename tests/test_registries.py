@@ -132,7 +132,7 @@ def test_every_registry_is_one_registry_type(registry, kind):
 
 def test_the_registries_keep_their_names_and_order():
     assert list(MODELS) == ["cnn", "rnn", "resnet50", "resnet32"]
-    assert list(VARIANTS) == ["balanced", "long-tail"]
+    assert list(VARIANTS) == ["balanced", "long-tail", "exp"]
     assert list(AUGMENTS) == ["none", "oversample", "flip+noise", "reweight", "logit-adjust",
                              "balanced-softmax", "ldam-drw"]
     assert list(LOSSES) == ["cross-entropy", "class-balanced", "logit-adjusted",

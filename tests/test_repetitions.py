@@ -20,7 +20,7 @@ from tracking.store import Store
 
 CPU = torch.device("cpu")
 CELL = Cell("cnn", "long-tail", "flip+noise", epochs=1, batch_size=16, train_limit=300,
-            test_limit=40, tail_fraction=0.3, seeds=3)
+            test_limit=40, imbalance_ratio=3, seeds=3)
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +103,10 @@ def test_weights_batch_order_and_oversampling_draws_follow_the_repetition(data, 
 
 def test_the_tail_is_the_cells_tail_classes(tmp_path):
     """A cell with tail_classes (7, 9), run by the runner on a real store: the cut keeps one
-    image of horse and truck each (4% of 25) and all of the others, and its head/tail
+    image of horse and truck each (25 / rho 25) and all of the others, and its head/tail
     accuracy pool classes 0-6, 8 and classes 7, 9, as its param and results column say."""
     cell = Cell("cnn", "long-tail", "none", epochs=2, batch_size=8, lr=0.05, dataset="synthetic",
-                profile="quick", tail_fraction=0.04, tail_classes=(7, 9))
+                profile="quick", imbalance_ratio=25, tail_classes=(7, 9))
     data = learnable_dataset(250, 60, seed=1)  # 25 training and 6 test images a class
     store = Store(f"sqlite:///{tmp_path}/mlflow.db", "tailbench/synthetic/tail")
     [outcome] = runner.run_grid([GridEntry(cell, {})], data, store, device=CPU,
@@ -124,3 +124,15 @@ def test_the_tail_is_the_cells_tail_classes(tmp_path):
     assert row["head_acc"] == pytest.approx(sum(head) / 8)
     # the check means something: the reference's tail (0-4) would have scored otherwise
     assert row["tail_acc"] != pytest.approx(sum(acc[:5]) / 5)
+
+
+def test_an_exp_cell_cuts_by_its_protocol_and_oversamples_its_own_tail(data):
+    """The real data path of an exp cell: 50 training images a class at rho 10 keep
+    floor(50 * 10^(-i/9)) = 50, 38, 29, 23, 17, 13, 10, 8, 6, 5 (199 in all), each repetition
+    its own draw of them; its tail is classes 1-9, each filled by oversampling to 50."""
+    cell = Cell("cnn", "exp", "oversample", epochs=1, dataset="synthetic", imbalance_ratio=10)
+    assert cell.tail_classes == tuple(range(1, 10))
+    preps = [repetitions.prepare(cell, data, CPU, r) for r in (0, 1)]
+    assert [p.counts for p in preps] == [[50, 38, 29, 23, 17, 13, 10, 8, 6, 5]] * 2
+    assert not torch.equal(preps[0].data.train_x, preps[1].data.train_x)
+    assert preps[0].augment.added == 500 - 199

@@ -24,9 +24,9 @@ from tracking.store import Store
 # batch 8: the learnable images are learnt in two epochs (a fit that learns nothing is now
 # rejected, so these cells must learn)
 CELLS = [Cell("cnn", "long-tail", "none", epochs=2, batch_size=8, lr=0.05, dataset="synthetic",
-              profile="quick", tail_fraction=0.2, seeds=2),
+              profile="quick", imbalance_ratio=5, seeds=2),
          Cell("cnn", "long-tail", "flip+noise", epochs=2, batch_size=8, lr=0.05,
-              dataset="synthetic", profile="quick", tail_fraction=0.2)]
+              dataset="synthetic", profile="quick", imbalance_ratio=5)]
 
 
 

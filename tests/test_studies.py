@@ -29,7 +29,7 @@ from tracking.study_plots import write_study_figures
 CPU = torch.device("cpu")
 BASE = dict(epochs=2, batch_size=8, lr=0.05, dataset="synthetic", profile="quick", trials=3)
 PLAIN = Cell("cnn", "balanced", "none", **BASE)
-OVERSAMPLED = Cell("cnn", "long-tail", "flip+noise", tail_fraction=0.2, sigma=0.1, **BASE)
+OVERSAMPLED = Cell("cnn", "long-tail", "flip+noise", imbalance_ratio=5, sigma=0.1, **BASE)
 
 
 class PruneOddTrials(optuna.pruners.BasePruner):
@@ -78,7 +78,7 @@ def test_space_is_valid_cell_fields_and_sigma_is_searched_only_for_flip_noise():
 
 def test_validation_split_is_disjoint_from_training_and_stratified(data):
     cut = make_variant(data, "long-tail", seed=0, tail_classes=OVERSAMPLED.tail_classes,
-                       fraction=0.2)
+                       ratio=5)
     split = tuning_data(cut, seed=0, device=CPU)
     assert len(split.train.y) + len(split.val.y) == len(cut.train_y)
     # learnable images carry random noise, so equal bytes would mean the same image

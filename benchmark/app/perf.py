@@ -117,7 +117,7 @@ def pipeline(ctx: Context) -> list[Row]:
     """Images/s of flip+noise oversampled batches: batched tensor ops against per-image PIL."""
     ref = Cell("cnn", "long-tail", "flip+noise", epochs=1)  # the reference's tail and sigma
     lt = make_variant(ctx.data.limit(train=ctx.sizes["pipeline"], seed=ctx.seed), "long-tail",
-                      tail_classes=ref.tail_classes, fraction=ref.tail_fraction)
+                      tail_classes=ref.tail_classes, ratio=ref.imbalance_ratio)
     dev, sigma = ctx.device, ref.sigma
     augment = FlipNoise(lt.train_y.to(dev), tail_classes=ref.tail_classes, sigma=sigma,
                         num_classes=lt.num_classes)

@@ -66,7 +66,7 @@ def cut(cell: Cell, data: Dataset, repetition: int = 0) -> Dataset:
     if cell.train_limit:
         data = data.limit(train=cell.train_limit, seed=seed)
     return make_variant(data, cell.variant, seed, tail_classes=cell.tail_classes,
-                        fraction=cell.tail_fraction)
+                        ratio=cell.imbalance_ratio)
 
 
 def _augment(cell: Cell, train: Split, num_classes: int) -> NoAugment:

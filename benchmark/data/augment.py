@@ -84,7 +84,10 @@ class NoAugment:
 class Oversample(NoAugment):
     """Random oversampling: each tail class is filled up to the head classes' mean count with
     random images of its class, repeated as they are (the control for flip+noise: what
-    repeating tail images does without altering them)."""
+    repeating tail images does without altering them). Under long-tail the head keeps every
+    image, so the target is n_max; under exp the tail is every class but class 0 (the
+    variant fixes it), so each class is filled up to class 0's n_max and the epoch is
+    balanced."""
 
     name = "oversample"
 
