@@ -61,7 +61,7 @@ class Cell:
     tail_fraction: float = 0.1  # share of each tail class's images that long-tail keeps
     train_limit: int = 0  # stratified subset of the training set before the cut; 0 = all
     test_limit: int = 0  # stratified subset of the test set; 0 = all
-    trials: int = 0  # Optuna trials tuning lr (and sigma); 0 = the fixed lr and sigma
+    trials: int = 0  # Optuna trials tuning lr (and sigma, a loss parameter: studies/space.py)
     seed: int = 0  # the cell's base seed; repetition r trains with repetition_seed(r)
     seeds: int = 1  # repetitions: trainings of the tuned parameters, each with its own seed
     # what training computes in: fp32, or bf16 autocast; auto (bf16 on CUDA, fp32 elsewhere)
