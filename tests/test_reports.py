@@ -24,7 +24,8 @@ from benchmark.metrics import (
 )
 from tracking import plots
 from tracking.artifacts import write_repetition_artifacts
-from tracking.report import build_report, results_table
+from tracking.findings import expected_cells
+from tracking.report import build_report, results_table, tuned_text
 
 CIFAR = ["airplane", "automobile", "bird", "cat", "deer",
          "dog", "frog", "horse", "ship", "truck"]
@@ -498,7 +499,7 @@ def test_remedies_table_compares_each_remedy_with_plain_cross_entropy(tmp_path, 
             *(exp_rep(rw, r, 0.55 + 0.01 * r, 0.30 + 0.01 * r, final_cb_beta=0.999)
               for r in range(3)),
             # logit-adjust: test 45/46/47: below plain; few 11/12/13: no difference to speak of
-            *(exp_rep(la, r, 0.45 + 0.01 * r, 0.11 + 0.01 * r, final_la_tau=1.5)
+            *(exp_rep(la, r, 0.45 + 0.01 * r, 0.11 + 0.01 * r, final_la_tau=1.5 + r % 2 * 0.1234)
               for r in range(3)),
             # a step cut: no medium_acc, so the tail is compared
             *(rep(step_none, r, test=0.6, tail=0.20 + 0.01 * r) for r in range(2)),
@@ -515,11 +516,12 @@ def test_remedies_table_compares_each_remedy_with_plain_cross_entropy(tmp_path, 
         f"+5.0 [+{100 * test_ci.low:.1f}, +{100 * test_ci.high:.1f}]", "holds",
         "few-shot: 31.0 ± 1.0 (n=3)", "12.0 ± 2.0 (n=3)",
         f"+19.0 [+{100 * few_ci.low:.1f}, +{100 * few_ci.high:.1f}]", "holds"]
-    assert table["logit-adjust"][2] == "la_tau 1.5"
+    assert table["logit-adjust"][2] == "la_tau 1.5, 1.62"  # a runner-up's too, 3 digits
     assert table["logit-adjust"][5].startswith("−5.0 [") and table["logit-adjust"][6] == \
         "contradicted"
     assert table["logit-adjust"][9].startswith("+0.0 [") and table["logit-adjust"][10] == \
         "inconclusive"
+    assert table["ldam-drw"][2] == "—"  # not measured; and its fixed cb_beta is never shown
     assert table["ldam-drw"][6] == "inconclusive" and \
         table["ldam-drw"][9] == "cnn · exp · ldam-drw is missing"
     assert table["balanced-softmax"][0] == "cnn · long-tail"
@@ -527,3 +529,10 @@ def test_remedies_table_compares_each_remedy_with_plain_cross_entropy(tmp_path, 
     assert table["balanced-softmax"][3] == "60.0 ± 0.0 (n=2)"  # same test acc: zero spread
     assert table["balanced-softmax"][6] == "inconclusive"
     assert "none" not in table  # plain cross-entropy is the control, not a row
+
+
+def test_the_tuned_column_shows_only_the_parameter_the_remedy_searches():
+    ldam = spec("cnn", "exp", "ldam-drw")
+    rows = [rep(ldam, r) | {"final_cb_beta": 0.9999, "final_ldam_margin": 0.3} for r in range(2)]
+    [cell] = expected_cells(pd.DataFrame(rows), [ldam])
+    assert tuned_text(cell) == "ldam_margin 0.3"  # its DRW's cb_beta is fixed, not tuned
