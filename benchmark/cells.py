@@ -25,8 +25,10 @@ GRID_DIR = Path(__file__).parent / "grids"
 PROFILES = GRID_DIR / "profiles.toml"
 # 2: a cell run holds repetitions (layout 1: one fit per run); 3: tail_classes is a field (in
 # layout 2 every cell's tail was classes 0-4); 4: imbalance_ratio (rho) replaces tail_fraction
-# (a tail class keeps round(n / rho) images, not round(n * fraction)) and the variant exp
-# exists: keys of another layout never match
+# (a tail class keeps round(n / rho) images, not round(n * fraction)), the variant exp exists,
+# the loss remedies' parameters are fields (cb_beta, la_tau, ldam_margin, ldam_s, drw_defer)
+# and ldam-drw trains a cosine head (in layout 3 the losses ran at their defaults on raw
+# logits): keys of another layout never match
 KEY_LAYOUT = 4
 REFERENCE_TAIL = (0, 1, 2, 3, 4)  # the reference's tail: CIFAR-10's airplane ... deer
 REPETITION_FIELDS = {"seeds"}  # how many repetitions: not part of the cell's key
@@ -49,6 +51,13 @@ class Cell:
     batch_size: int = 1024  # images per SGD step
     lr: float = 0.01  # SGD learning rate; the starting point when tuned
     sigma: float = 0.05  # flip+noise noise std, in units of the [0, 1] pixel range
+    # the loss remedies' parameters (benchmark.losses; defaults = the papers'): each is read
+    # only by the remedies that name it in their `loss_params` (benchmark.data.augment)
+    cb_beta: float = 0.9999  # effective-number beta of reweight (tuned) and of ldam-drw's DRW
+    la_tau: float = 1.0  # logit-adjust's temperature tau of the log-prior offset (tuned)
+    ldam_margin: float = 0.5  # ldam-drw's largest (the rarest class's) margin, cosine units (tuned)
+    ldam_s: float = 30.0  # ldam-drw's scale of the cosine logits (Cao et al.'s 30; fixed)
+    drw_defer: float = 0.8  # ldam-drw: share of the epochs before re-weighting starts (fixed)
     # the tail: the classes long-tail cuts, oversample and flip+noise fill up, tail_acc scores; the
     # reference's are the first five (CIFAR-10's airplane ... deer). Kept sorted. exp fixes its
     # own (every class but class 0): an exp cell holds that tail, its default becomes it.
@@ -58,7 +67,7 @@ class Cell:
     imbalance_ratio: float = 10.0
     train_limit: int = 0  # stratified subset of the training set before the cut; 0 = all
     test_limit: int = 0  # stratified subset of the test set; 0 = all
-    trials: int = 0  # Optuna trials tuning lr (and sigma); 0 = the fixed lr and sigma
+    trials: int = 0  # Optuna trials tuning lr (and sigma, a loss parameter: studies/space.py)
     seed: int = 0  # the cell's base seed; repetition r trains with repetition_seed(r)
     seeds: int = 1  # repetitions: trainings of the tuned parameters, each with its own seed
     # what training computes in: fp32, or bf16 autocast; auto (bf16 on CUDA, fp32 elsewhere)
@@ -108,6 +117,41 @@ class Cell:
         """Whether the remedy reads `sigma` (flip+noise): only then is sigma tuned."""
         return bool(AUGMENTS.meta(self.augment)["sigma"])
 
+    @property
+    def loss_params(self) -> dict[str, float]:
+        """{the loss's parameter: this cell's value} for the fields the remedy reads
+        (reweight: {"beta": cb_beta}); empty for a remedy with a parameterless loss."""
+        fields = AUGMENTS.meta(self.augment).get("loss_params", {})
+        return {param: float(getattr(self, field)) for field, param in fields.items()}
+
+    @property
+    def loss_fields(self) -> tuple[str, ...]:
+        """The Cell fields the remedy's loss reads (reweight: cb_beta)."""
+        return tuple(AUGMENTS.meta(self.augment).get("loss_params", {}))
+
+    def _tunes(self, field: str) -> bool:
+        return field in AUGMENTS.meta(self.augment).get("tuned", ())
+
+    @property
+    def tunes_cb_beta(self) -> bool:
+        """Whether the remedy's study searches cb_beta (reweight; ldam-drw keeps 0.9999)."""
+        return self._tunes("cb_beta")
+
+    @property
+    def tunes_la_tau(self) -> bool:
+        """Whether the remedy's study searches la_tau (logit-adjust)."""
+        return self._tunes("la_tau")
+
+    @property
+    def tunes_ldam_margin(self) -> bool:
+        """Whether the remedy's study searches ldam_margin (ldam-drw)."""
+        return self._tunes("ldam_margin")
+
+    def remedy_kwargs(self) -> dict[str, object]:
+        """What make_augment takes from the cell: the tail, sigma and the loss's parameters."""
+        return {"tail_classes": self.tail_classes, "sigma": self.sigma,
+                "loss_params": self.loss_params}
+
     def params(self) -> dict[str, object]:
         """Every field, as a run's params: a tuple as a list, which a param shows as its JSON
         (`[0, 1, 2, 3, 4]`), read back by tracking.results."""
@@ -126,6 +170,11 @@ RANGES = {  # field -> (whether a value is allowed, what the message says it mus
     "lr": (lambda v: 0 < v < math.inf, "> 0 and finite"),
     "sigma": (lambda v: 0 <= v < math.inf, ">= 0 and finite"),
     "imbalance_ratio": (lambda v: 1 <= v < math.inf, ">= 1 and finite"),
+    "cb_beta": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "la_tau": (lambda v: 0 <= v < math.inf, ">= 0 and finite"),
+    "ldam_margin": (lambda v: 0 <= v < math.inf, ">= 0 and finite"),
+    "ldam_s": (lambda v: 0 < v < math.inf, "> 0 and finite"),
+    "drw_defer": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "train_limit": (lambda v: v >= 0, "at least 0 (0 = all)"),
     "test_limit": (lambda v: v >= 0, "at least 0 (0 = all)"),
     "trials": (lambda v: v >= 0, "at least 0 (0 = no tuning)"),

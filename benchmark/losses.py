@@ -9,9 +9,11 @@ The test loss of `evaluate` stays plain cross-entropy, so test losses compare ac
 A class with no training image counts as one image (n_c = max(n_c, 1)): its log-prior and
 margin stay finite; no target is ever that class, so nothing else changes.
 
-Each loss declares its tunable parameters in `tunable` (name -> Tunable: the default, the
-range a search may draw from, and whether log-uniformly), for studies/space.py; until the
-Cell carries them as fields, every loss trains with its defaults.
+Each loss declares its parameters in `tunable` (name -> Tunable: the paper's default, a range
+that makes sense, whether log-uniformly, the unit). A cell passes its own values: the Cell
+fields cb_beta, la_tau, ldam_margin, ldam_s and drw_defer, mapped to these names by each
+remedy's `loss_params` (benchmark.data.augment); studies/space.py searches the one each paper
+tunes (beta for class-balanced, tau for logit adjustment, the margin for LDAM).
 """
 
 from __future__ import annotations
@@ -127,21 +129,26 @@ class BalancedSoftmax(CrossEntropy):
 class LdamDrw(CrossEntropy):
     """LDAM with deferred re-weighting (Cao et al., NeurIPS 2019, "Learning Imbalanced Datasets
     with Label-Distribution-Aware Margin Loss", eq. 13 and Algorithm 1), as their code
-    (kaidic/LDAM-DRW) computes it: the true class's logit lowered by the margin
-    Delta_c = K / n_c^(1/4), K such that the largest margin is max_margin (0.5); the logits
-    then scaled by s (30) into cross-entropy, -log softmax(s * (z - Delta_y e_y))_y. Deferred
+    (kaidic/LDAM-DRW) computes it: -log softmax(s * (cos - Delta_y e_y))_y, where cos are the
+    cosine logits cos(x, w_c) of a normalised head (their NormedLinear: features and class
+    weights each scaled to unit length), the margin Delta_c = K / n_c^(1/4) with K such that
+    the largest margin is max_margin (0.5, in cosine units), and s (30) the scale. Deferred
     re-weighting: from epoch floor(defer * epochs) on (counted from 0: the last 20% of the
     epochs), each sample's loss is weighted by the class-balanced w_c (beta 0.9999, summing
     to C) as a weighted mean; before, unweighted.
 
-    Their code feeds LDAM cosine logits (a normalized linear layer, |z_c| <= 1) where s = 30
-    sets the scale; tailbench's networks end in a plain linear layer, so here s multiplies raw
-    logits and with them the gradient, which the tuned learning rate absorbs only in part."""
+    What differs from their code: the scale s sits in the head (benchmark.models.cosine_head
+    outputs s * cos), so the network's logits are the ones trained on, evaluated and saved (its
+    softmax is the calibrated probability; argmax is unchanged); this loss therefore takes the
+    logits z = s * cos and subtracts s * Delta_y: -log softmax(z - s * Delta_y e_y)_y, the same
+    number. (Layout 3 multiplied a plain linear head's raw logits by s = 30, which scaled the
+    gradient thirtyfold and diverged at a normal learning rate.) On a head that is not a
+    cosine one the loss is still defined, with margins s * Delta in logit units."""
 
     plain = False
     tunable = {
-        "max_margin": Tunable(0.5, 0.1, 1.0, False, "the tail's margin, in logit units"),
-        "s": Tunable(30.0, 1.0, 30.0, True, "logit scale"),
+        "max_margin": Tunable(0.5, 0.1, 1.0, False, "the rarest class's margin, cosine units"),
+        "s": Tunable(30.0, 1.0, 64.0, True, "scale of the cosine logits"),
         "beta": Tunable(0.9999, 0.9, 0.99999, False, "effective-number beta of the re-weighting"),
         "defer": Tunable(0.8, 0.5, 1.0, False, "share of the epochs before re-weighting starts"),
     }
@@ -160,11 +167,11 @@ class LdamDrw(CrossEntropy):
     def __call__(self, logits, targets, epoch=1, epochs=1):
         z = logits.float()
         margin = self.margins(z)[targets]  # (B,): Delta_y of each sample's true class
-        z = z - F.one_hot(targets, z.shape[-1]) * margin[:, None]
+        z = z - F.one_hot(targets, z.shape[-1]) * (self.params["s"] * margin)[:, None]
         w = None
         if self.reweights(epoch, epochs):
             w = self._on("weights", lambda n: class_balanced_weights(n, self.params["beta"]), z)
-        return F.cross_entropy(self.params["s"] * z, targets, weight=w)
+        return F.cross_entropy(z, targets, weight=w)
 
 
 def make_loss(name: str, counts: torch.Tensor, **params: float) -> CrossEntropy:

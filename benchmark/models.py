@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from benchmark.registry import Registry
@@ -23,6 +24,37 @@ def register_model(name: str, conv: bool = False) -> Callable[[ModelFactory], Mo
 def create_model(name: str, num_classes: int = 10, in_shape=(3, 32, 32)) -> nn.Module:
     """A fresh network; an unknown name raises a ValueError that lists the choices."""
     return MODELS[name](num_classes=num_classes, in_shape=tuple(in_shape))
+
+
+class NormedLinear(nn.Module):
+    """A cosine classifier (Cao et al. 2019's NormedLinear, kaidic/LDAM-DRW): scale *
+    cos(x, w_c), the features x (B, in) and each class's weight w_c scaled to unit length, so
+    every logit lies in [-scale, scale]. Weights (out, in), as nn.Linear's, initialised as
+    theirs: uniform(-1, 1), then each class's row at unit norm."""
+
+    def __init__(self, in_features: int, out_features: int, scale: float):
+        super().__init__()
+        w = torch.empty(out_features, in_features).uniform_(-1, 1)
+        self.weight = nn.Parameter(w / w.norm(dim=1, keepdim=True))
+        self.scale = float(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, in) @ (in, out) -> (B, out) cosines, times the scale
+        return self.scale * F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).T
+
+
+def cosine_head(model: nn.Module, scale: float) -> nn.Module:
+    """The model with its last nn.Linear (the classifier: the output layer of every network
+    here) replaced by a NormedLinear of the same shape and this scale; in place."""
+    name = next((n for n, m in reversed(list(model.named_modules())) if isinstance(m, nn.Linear)),
+                None)
+    if name is None:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layer to make a cosine head")
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, child)
+    setattr(parent, child, NormedLinear(old.in_features, old.out_features, scale))
+    return model
 
 
 @register_model("cnn", conv=True)

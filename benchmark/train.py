@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from benchmark.data.augment import NoAugment, batches
 from benchmark.errors import UserError
 from benchmark.metrics import balanced_accuracy
-from benchmark.models import CHANNELS_LAST, create_model
+from benchmark.models import CHANNELS_LAST, cosine_head, create_model
 
 HYP = {
     "batch_size": 1024,  # images per SGD step, the reference's
@@ -56,10 +56,16 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def build_model(name: str, num_classes: int, seed: int, device: torch.device) -> nn.Module:
-    """The model with weights drawn from `seed`, in the memory format that is fastest there."""
+def build_model(name: str, num_classes: int, seed: int, device: torch.device,
+                cosine_scale: float = 0.0) -> nn.Module:
+    """The model with weights drawn from `seed`, in the memory format that is fastest there;
+    with cosine_scale > 0 (a remedy's `cosine_scale`: ldam-drw) its classifier is a cosine
+    head of that scale (benchmark.models.cosine_head)."""
     torch.manual_seed(seed)
-    model = create_model(name, num_classes).to(device)
+    model = create_model(name, num_classes)
+    if cosine_scale > 0:
+        model = cosine_head(model, cosine_scale)
+    model = model.to(device)
     if _channels_last(name, device):
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -167,22 +173,26 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, data: Split,
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: Split, batch_size: int = 1024,
              precision: str = "auto") -> dict:
-    """Loss, accuracy, balanced accuracy (mean per-class recall) and the predicted labels."""
+    """Loss, accuracy, balanced accuracy (mean per-class recall), the predicted labels and
+    their softmax probability ("confidence", (N,) on the CPU: for the calibration error)."""
     model.eval()
     device = data.x.device
-    preds, loss_sum = [], torch.zeros((), device=device)
+    preds, confs, loss_sum = [], [], torch.zeros((), device=device)
     for start in range(0, len(data.y), batch_size):
         xb = _like_model(_to_float(data.x[start:start + batch_size]), model)
         yb = data.y[start:start + batch_size]
         with _autocast(device, precision):
             out = model(xb)
-        loss_sum += F.cross_entropy(out.float(), yb, reduction="sum")
+        out = out.float()
+        loss_sum += F.cross_entropy(out, yb, reduction="sum")
         preds.append(out.argmax(1))
+        confs.append(out.softmax(1).amax(1))  # the predicted class's probability
     pred = torch.cat(preds) if preds else data.y.new_empty(0)
     n = max(1, len(data.y))
     return {"loss": loss_sum.item() / n, "acc": (pred == data.y).float().sum().item() / n,
             "balanced_acc": balanced_accuracy(data.y.cpu().numpy(), pred.cpu().numpy()),
-            "preds": pred.cpu()}
+            "preds": pred.cpu(),
+            "confidence": torch.cat(confs).cpu() if confs else torch.zeros(0)}
 
 
 # A fit "did not learn" when its final weights predict one class for this share of the test

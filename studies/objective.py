@@ -95,10 +95,11 @@ class Objective:
         # the trial's cell: the searched fields replaced, so a new entry in the space reaches
         # training wherever training reads that Cell field
         cell, data = dataclasses.replace(self.cell, **params), self.data
-        augment = make_augment(cell.augment, data.train.y, tail_classes=cell.tail_classes,
-                               sigma=cell.sigma, num_classes=data.num_classes)
+        augment = make_augment(cell.augment, data.train.y, num_classes=data.num_classes,
+                               **cell.remedy_kwargs())
         with _BUILD_LOCK:
-            model = build_model(cell.model, data.num_classes, self.seed, self.device)
+            model = build_model(cell.model, data.num_classes, self.seed, self.device,
+                                augment.cosine_scale)
         done = {"epochs": 0}  # epochs trained so far, also when fit stops early
         try:
             # every trial uses repetition 0's seed (same init, same batches): trials then

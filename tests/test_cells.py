@@ -24,7 +24,8 @@ from benchmark.models import MODELS
 OTHER = {"model": "rnn", "variant": "balanced", "augment": "flip+noise", "epochs": 6,
          "dataset": "cifar10", "profile": "quick", "batch_size": 64, "lr": 0.1, "sigma": 0.1,
          "tail_classes": (7, 9), "imbalance_ratio": 100.0, "train_limit": 100, "test_limit": 50,
-         "trials": 3, "seed": 1, "seeds": 3, "precision": "bf16"}
+         "trials": 3, "seed": 1, "seeds": 3, "precision": "bf16", "cb_beta": 0.99,
+         "la_tau": 1.5, "ldam_margin": 0.3, "ldam_s": 16.0, "drw_defer": 0.5}
 
 
 def test_reference_grid_holds_the_six_reference_cells():
@@ -66,6 +67,9 @@ def test_keys_are_stable_and_change_with_every_field():
                         "reweight, logit-adjust, balanced-softmax, ldam-drw"),
     ("model", 3, "model must be str, got 3"),
     ("epochs", 0, "epochs must be at least 1, got 0"),
+    ("cb_beta", 1.0, r"cb_beta must be in \[0, 1\), got 1.0"),
+    ("ldam_s", 0.0, "ldam_s must be > 0 and finite, got 0.0"),
+    ("drw_defer", 1.5, r"drw_defer must be in \[0, 1\], got 1.5"),
     ("epochs", 2.0, "epochs must be int, got 2.0"),
     ("epochs", True, "epochs must be int, got True"),
     ("seeds", 0, "seeds must be at least 1, got 0"),

@@ -5,6 +5,7 @@ The hand values are written out with `math` from the papers' formulas, not by th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -16,6 +17,7 @@ from benchmark.cells import Cell
 from benchmark.data.augment import AUGMENTS, NoAugment, make_augment
 from benchmark.data.variants import long_tail_indices
 from benchmark.losses import LOSSES, CrossEntropy, class_balanced_weights, make_loss
+from benchmark.models import NormedLinear, cosine_head, create_model
 from benchmark.packed import Member, fit_packed
 from benchmark.train import Split, build_model, fit
 from studies.space import searched
@@ -80,11 +82,15 @@ def test_ldam_margins_and_loss_by_hand():
     counts = torch.tensor([1, 16])  # n^(-1/4) = 1, 1/2: margins (0.5, 0.25) with max 0.5
     loss = make_loss("ldam-drw", counts, s=2.0, beta=0.5)
     assert loss.margins(torch.zeros(1, 2)).tolist() == pytest.approx([0.5, 0.25])
-    # logits (0, 0), target 0: s * (-0.5, 0) = (-1, 0), loss log(1 + e);
-    #                target 1: s * (0, -0.25) = (0, -0.5), loss log(1 + e^0.5)
+    # the logits are the head's s * cos; cos (0, 0), target 0: s * (0 - 0.5, 0) = (-1, 0),
+    # loss log(1 + e); target 1: s * (0, 0 - 0.25) = (0, -0.5), loss log(1 + e^0.5)
     l0, l1 = math.log(1 + math.e), math.log(1 + math.exp(0.5))
     assert _value(loss, [[0.0, 0.0], [0.0, 0.0]], epoch=8, epochs=10) == pytest.approx(
         (l0 + l1) / 2, rel=1e-6)
+    # cos (0.5, 0.25), logits s * cos = (1, 0.5): target 0: (1 - 1, 0.5) = (0, 0.5),
+    # loss log(1 + e^0.5); target 1: (1, 0.5 - 0.5) = (1, 0), loss log(1 + e)
+    assert _value(loss, [[1.0, 0.5], [1.0, 0.5]], epoch=8, epochs=10) == pytest.approx(
+        (l1 + l0) / 2, rel=1e-6)
     # epochs 9 and 10 of 10 (the last 20%) are re-weighted by beta 0.5 class-balanced weights:
     # raw w = (0.5 / 0.5, 0.5 / (1 - 0.5^16)) = (1, 32768/65535), so the weighted mean is
     # (65535 l0 + 32768 l1) / (65535 + 32768) whatever they are scaled to
@@ -164,7 +170,29 @@ def test_every_remedy_has_a_loss_and_says_what_it_does(name):
     assert meta["oversamples"] == (remedy.added > 0)  # one tail image short of the head's 3
     cell = Cell("cnn", "long-tail", name, epochs=1)
     assert cell.oversamples == meta["oversamples"] and cell.uses_sigma == meta["sigma"]
-    assert [p.name for p in searched(cell)] == ["lr"] + (["sigma"] if meta["sigma"] else [])
+    assert [p.name for p in searched(cell)] == (["lr"] + (["sigma"] if meta["sigma"] else [])
+                                                + list(meta.get("tuned", ())))
+    # the cell's loss fields reach the loss, under the loss's own names
+    fields = meta.get("loss_params", {})
+    assert set(remedy.loss.params) == set(fields.values())
+    assert cell.loss_params == {param: getattr(cell, f) for f, param in fields.items()}
+    # and a cell's own value is the one trained with
+    for field, param in fields.items():
+        changed = dataclasses.replace(cell, **{field: getattr(cell, field) * 0.5})
+        built = make_augment(name, torch.tensor([0, 1, 1, 1, 2, 2, 2]), num_classes=3,
+                             **changed.remedy_kwargs())
+        assert built.loss.params[param] == getattr(cell, field) * 0.5
+
+
+def test_the_cells_loss_defaults_are_the_losses_and_the_papers():
+    # Cui et al.'s best CIFAR beta 0.9999, Menon et al.'s tau 1, Cao et al.'s 0.5, 30, 0.8
+    cell = Cell("cnn", "long-tail", "none", epochs=1)
+    assert (cell.cb_beta, cell.la_tau, cell.ldam_margin, cell.ldam_s, cell.drw_defer) == (
+        0.9999, 1.0, 0.5, 30.0, 0.8)
+    for name in AUGMENTS.names():
+        loss = LOSSES[AUGMENTS[name].loss_name]
+        for field, param in AUGMENTS.meta(name).get("loss_params", {}).items():
+            assert loss.tunable[param].default == getattr(cell, field), (name, field)
 
 
 def test_oversample_repeats_tail_images_as_they_are():
@@ -207,12 +235,11 @@ def long_tail_split() -> Split:
 def test_every_remedy_trains_end_to_end(name, long_tail_split):
     remedy = make_augment(name, long_tail_split.y, tail_classes=(0, 1, 2, 3, 4), sigma=0.05,
                           num_classes=10)
-    model = build_model("cnn", 10, 0, CPU)
+    # ldam-drw's network has a cosine head (s * cos): the same lr as the others trains it
+    model = build_model("cnn", 10, 0, CPU, remedy.cosine_scale)
+    assert isinstance(model[-1], NormedLinear) == (name == "ldam-drw")
     before = [p.detach().clone() for p in model.parameters()]
-    # ldam-drw's s (30) scales raw logits and so the gradient: lr 0.05 diverges (NaN in epoch
-    # 1, seen), so its step is divided by s (see LdamDrw's docstring)
-    lr = 0.05 / remedy.loss.params.get("s", 1.0)
-    history = fit(model, long_tail_split, long_tail_split, epochs=3, batch_size=16, lr=lr,
+    history = fit(model, long_tail_split, long_tail_split, epochs=3, batch_size=16, lr=0.05,
                   augment=remedy)
     assert len(history) == 3 and all(math.isfinite(m["train_loss"]) for m in history)
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
@@ -232,3 +259,19 @@ def test_packed_training_refuses_a_remedy_with_its_own_loss(long_tail_split):
     member = Member(long_tail_split, long_tail_split, seed=0, augment=remedy)
     with pytest.raises(ValueError, match="remedy reweight trains with its own loss"):
         fit_packed("cnn", [build_model("cnn", 10, 0, CPU)], [member], epochs=1)
+
+
+def test_the_cosine_head_is_scale_times_cosine_on_every_model():
+    head = NormedLinear(2, 2, scale=30.0)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[2.0, 0.0], [1.0, 1.0]]))  # unit: (1, 0), (1, 1)/sqrt 2
+    # x = (3, 4): unit (0.6, 0.8); cosines 0.6 and (0.6 + 0.8) / sqrt 2
+    got = head(torch.tensor([[3.0, 4.0]]))
+    assert got.tolist()[0] == pytest.approx([18.0, 30 * 1.4 / math.sqrt(2)], rel=1e-6)
+    for name in ("cnn", "rnn", "resnet32"):
+        model = cosine_head(create_model(name, 10), 30.0)
+        heads = [m for m in model.modules() if isinstance(m, NormedLinear)]
+        assert len(heads) == 1 and not any(isinstance(m, torch.nn.Linear)
+                                           and m.out_features == 10 for m in model.modules())
+        out = model(torch.rand(2, 3, 32, 32))
+        assert out.shape == (2, 10) and out.abs().max().item() <= 30.0 + 1e-4

@@ -3,13 +3,16 @@ plotted numbers checked against means and sample stds worked out by hand, and re
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tracking import plots, plots_repetitions
+from tracking.artifacts import pooled_calibration
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer"]
 TAIL = [0, 1]
@@ -161,6 +164,34 @@ def test_per_class_error_bars_with_one_repetition_and_a_missing_class():
     assert_readable_png(plots.png_bytes(fig))
     with pytest.raises(ValueError):
         plots_repetitions.per_class_accuracy_errorbars([0.5], [0.1, 0.1], ["a"], [], "t", 2)
+
+
+def test_reliability_diagram_pools_the_repetitions_bins(tmp_path):
+    # two repetitions' bins (benchmark.metrics.calibration_bins), 15 bins: bin 14 holds 4 + 6
+    # predictions, 3 + 6 right, confidence 3.8 + 5.8; bin 8 holds 2 + 0, 1 right, 1.2 summed
+    def bins(count14, right14, conf14, count8, right8, conf8):
+        b = {"count": [0.0] * 15, "correct": [0.0] * 15, "confidence": [0.0] * 15}
+        b["count"][14], b["correct"][14], b["confidence"][14] = count14, right14, conf14
+        b["count"][8], b["correct"][8], b["confidence"][8] = count8, right8, conf8
+        return json.dumps(b)
+
+    ok = pd.DataFrame({"calibration": [bins(4, 3, 3.8, 2, 1, 1.2), bins(6, 6, 5.8, 0, 0, 0),
+                                       ""]})  # a repetition of an older layout: no bins
+    pooled, n = pooled_calibration(ok)
+    assert n == 2 and pooled["count"][14] == 10 and pooled["correct"][14] == 9
+    fig = plots_repetitions.reliability_diagram(pooled, "cnn · exp · none", n)
+    ax = fig.axes[0]
+    bars = bar_container(fig)
+    # accuracy per bin in percent: bin 14 90 %, bin 8 50 %, the empty bins 0
+    heights = [b.get_height() for b in bars]
+    assert heights[14] == pytest.approx(90.0) and heights[8] == pytest.approx(50.0)
+    assert sum(heights) == pytest.approx(140.0)
+    dots = line(fig, "mean confidence of the bin").get_ydata()
+    assert dots[14] == pytest.approx(96.0) and dots[8] == pytest.approx(60.0)
+    # pooled ECE: (|9 - 9.6| + |1 - 1.2|) / 12 = 0.8 / 12 = 6.7 %
+    assert "ECE 6.7%" in ax.get_title() and "2 repetitions pooled" in ax.get_title()
+    assert_readable_png(plots.png_bytes(fig))
+    assert pooled_calibration(ok.iloc[2:]) == (None, 0)
 
 
 def test_figures_are_not_kept_alive_by_pyplot():

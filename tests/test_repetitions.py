@@ -80,8 +80,8 @@ def test_weights_batch_order_and_oversampling_draws_follow_the_repetition(data, 
 
     calls = {"build": [], "fit": []}
     real_build, real_fit = repetitions.build_model, repetitions.fit
-    monkeypatch.setattr(repetitions, "build_model", lambda name, c, seed, device: (
-        calls["build"].append(seed) or real_build(name, c, seed, device)))
+    monkeypatch.setattr(repetitions, "build_model", lambda name, c, seed, device, *cosine: (
+        calls["build"].append(seed) or real_build(name, c, seed, device, *cosine)))
     monkeypatch.setattr(repetitions, "fit", lambda *a, seed, **k: (
         calls["fit"].append(seed) or real_fit(*a, seed=seed, **k)))
     for r in range(3):

@@ -13,10 +13,19 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from benchmark.metrics import cell_metrics, class_metric_names, metric_name, normalize_rows
+from benchmark.metrics import (
+    calibration_bins,
+    cell_metrics,
+    class_metric_names,
+    expected_calibration_error,
+    metric_name,
+    normalize_rows,
+    shot_groups,
+)
 from tracking import plots
 from tracking.artifacts import write_repetition_artifacts
-from tracking.report import build_report, results_table
+from tracking.findings import expected_cells
+from tracking.report import build_report, results_table, tuned_text
 
 CIFAR = ["airplane", "automobile", "bird", "cat", "deer",
          "dog", "frog", "horse", "ship", "truck"]
@@ -92,6 +101,51 @@ def test_bad_labels_are_explained():
         cell_metrics([0, 3], [0, 1], ["a", "b", "c"], [0])
     with pytest.raises(ValueError, match="tail classes"):
         cell_metrics([0, 1], [0, 1], ["a", "b", "c"], [5])
+
+
+def test_expected_calibration_error_by_hand():
+    # 15 bins of width 1/15, right-closed: 0.9 -> bin 13 (0.867, 0.933], 0.95 -> bin 14,
+    # 0.58 and 0.59 -> bin 8 (0.533, 0.6], 0.3 -> bin 4 (0.267, 0.333]
+    conf = np.array([0.9, 0.95, 0.58, 0.59, 0.3])
+    y_true = np.array([0, 1, 2, 2, 0])
+    y_pred = np.array([0, 0, 2, 2, 1])  # right, wrong, right, right, wrong
+    m = cell_metrics(y_true, y_pred, ["a", "b", "c"], [0], confidence=conf)
+    bins = m.calibration
+    assert [i for i, n in enumerate(bins["count"]) if n] == [4, 8, 13, 14]
+    assert bins["count"][8] == 2 and bins["correct"][8] == 2
+    assert bins["confidence"][8] == pytest.approx(1.17)
+    # |B|/N |acc - conf| per bin: (1 |0 - 0.3| + 2 |1 - 0.585| + 1 |1 - 0.9| + 1 |0 - 0.95|) / 5
+    assert m.scalars["ece"] == pytest.approx((0.3 + 0.83 + 0.1 + 0.95) / 5)
+    assert expected_calibration_error(bins) == m.scalars["ece"]
+    # the edges: 1/15 is bin 0's top, 1.0 is in the last bin; all right at confidence 1: ECE 0
+    edge = calibration_bins([1, 1], [1 / 15, 1.0])
+    assert edge["count"][0] == 1 and edge["count"][14] == 1
+    assert expected_calibration_error(calibration_bins([1, 1], [1.0, 1.0])) == 0.0
+    assert "ece" not in cell_metrics(y_true, y_pred, ["a", "b", "c"], [0]).scalars
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        calibration_bins([1], [1.5])
+
+
+def test_shot_groups_are_thirds_of_the_log_count_range():
+    # counts 100, 10, 1: t = log(n / 1) / log(100) = 1, 1/2, 0
+    assert shot_groups([100, 10, 1]) == {"many": [0], "medium": [1], "few": [2]}
+    # CIFAR-10's exp rho=100 cut as Cao et al. round it (int(5000 * 0.01^(i/9))): classes 3
+    # and 6 lie on the edges (1077.2 and 232.1 before rounding down) and stay on their side
+    exp = [int(5000 * 0.01 ** (i / 9)) for i in range(10)]
+    assert exp[3] == 1077 and exp[6] == 232
+    assert shot_groups(exp) == {"many": [0, 1, 2, 3], "medium": [4, 5, 6], "few": [7, 8, 9]}
+    # a quick profile's subset (400 ... 4, rounded): the same split
+    small = [round(400 * 0.01 ** (i / 9)) for i in range(10)]
+    assert shot_groups(small) == {"many": [0, 1, 2, 3], "medium": [4, 5, 6], "few": [7, 8, 9]}
+    # a step cut: head many, tail few, no medium; equal counts: no split at all
+    assert shot_groups([50] * 5 + [500] * 5) == {"many": [5, 6, 7, 8, 9], "few": [0, 1, 2, 3, 4]}
+    assert shot_groups([500] * 10) == {}
+    # pooled accuracy per group: many = class a (2 of 4), medium b (2 of 3), few c (2 of 3)
+    m = cell_metrics(Y_TRUE, Y_PRED, ["a", "b", "c"], [0], train_counts=[100, 10, 1])
+    assert (m.scalars["many_acc"], m.scalars["medium_acc"], m.scalars["few_acc"]) == \
+        pytest.approx((2 / 4, 2 / 3, 2 / 3))
+    m = cell_metrics(Y_TRUE, Y_PRED, ["a", "b", "c"], [0], train_counts=[9, 9, 9])
+    assert not {"many_acc", "medium_acc", "few_acc"} & set(m.scalars)
 
 
 def test_normalize_rows_keeps_empty_rows_zero():
@@ -426,3 +480,59 @@ def test_repetitions_at_a_runner_up_are_flagged(tmp_path):
                       out_root=tmp_path).read_text()
     section = md.split("Repetitions trained with a runner-up's parameters")[1]
     assert "| cnn · balanced · none | 2 | 2 | 0.2 | 0.05 | 50.0 |" in section
+
+
+def test_remedies_table_compares_each_remedy_with_plain_cross_entropy(tmp_path, report):
+    # only shown when a run has remedies beyond the reference's none and flip+noise
+    assert "Remedies against plain cross-entropy" not in report.read_text()
+    none, rw, la, ldam = (spec("cnn", "exp", r) for r in
+                          ("none", "reweight", "logit-adjust", "ldam-drw"))
+    step_none, step_bs = spec("cnn", "long-tail", "none"), spec("cnn", "long-tail",
+                                                                 "balanced-softmax")
+
+    def exp_rep(cell, r, test, few, **extra):
+        return rep(cell, r, test=test, tail=few) | {"few_acc": few, "medium_acc": 0.5,
+                                                    "many_acc": 0.8, **extra}
+
+    rows = [*(exp_rep(none, r, 0.50 + 0.01 * r, 0.10 + 0.02 * r) for r in range(3)),
+            # reweight: test 55/56/57 vs 50/51/52, few 30/31/32 vs 10/12/14: both hold
+            *(exp_rep(rw, r, 0.55 + 0.01 * r, 0.30 + 0.01 * r, final_cb_beta=0.999)
+              for r in range(3)),
+            # logit-adjust: test 45/46/47: below plain; few 11/12/13: no difference to speak of
+            *(exp_rep(la, r, 0.45 + 0.01 * r, 0.11 + 0.01 * r, final_la_tau=1.5 + r % 2 * 0.1234)
+              for r in range(3)),
+            # a step cut: no medium_acc, so the tail is compared
+            *(rep(step_none, r, test=0.6, tail=0.20 + 0.01 * r) for r in range(2)),
+            *(rep(step_bs, r, test=0.6, tail=0.40 + 0.01 * r) for r in range(2))]
+    md = build_report(pd.DataFrame(rows), [none, rw, la, ldam, step_none, step_bs], "rem",
+                      "sqlite:///x.db", out_root=tmp_path).read_text()
+    table = {r[1]: r for r in cells_of(section(md, "## Remedies against plain cross-entropy"))}
+    test_ci = st.ttest_ind([0.55, 0.56, 0.57], [0.50, 0.51, 0.52], equal_var=False) \
+        .confidence_interval()
+    few_ci = st.ttest_ind([0.30, 0.31, 0.32], [0.10, 0.12, 0.14], equal_var=False) \
+        .confidence_interval()
+    assert table["reweight"] == [
+        "cnn · exp", "reweight", "cb_beta 0.999", "56.0 ± 1.0 (n=3)", "51.0 ± 1.0 (n=3)",
+        f"+5.0 [+{100 * test_ci.low:.1f}, +{100 * test_ci.high:.1f}]", "holds",
+        "few-shot: 31.0 ± 1.0 (n=3)", "12.0 ± 2.0 (n=3)",
+        f"+19.0 [+{100 * few_ci.low:.1f}, +{100 * few_ci.high:.1f}]", "holds"]
+    assert table["logit-adjust"][2] == "la_tau 1.5, 1.62"  # a runner-up's too, 3 digits
+    assert table["logit-adjust"][5].startswith("−5.0 [") and table["logit-adjust"][6] == \
+        "contradicted"
+    assert table["logit-adjust"][9].startswith("+0.0 [") and table["logit-adjust"][10] == \
+        "inconclusive"
+    assert table["ldam-drw"][2] == "—"  # not measured; and its fixed cb_beta is never shown
+    assert table["ldam-drw"][6] == "inconclusive" and \
+        table["ldam-drw"][9] == "cnn · exp · ldam-drw is missing"
+    assert table["balanced-softmax"][0] == "cnn · long-tail"
+    assert table["balanced-softmax"][7] == "tail: 40.5 ± 0.7 (n=2)"
+    assert table["balanced-softmax"][3] == "60.0 ± 0.0 (n=2)"  # same test acc: zero spread
+    assert table["balanced-softmax"][6] == "inconclusive"
+    assert "none" not in table  # plain cross-entropy is the control, not a row
+
+
+def test_the_tuned_column_shows_only_the_parameter_the_remedy_searches():
+    ldam = spec("cnn", "exp", "ldam-drw")
+    rows = [rep(ldam, r) | {"final_cb_beta": 0.9999, "final_ldam_margin": 0.3} for r in range(2)]
+    [cell] = expected_cells(pd.DataFrame(rows), [ldam])
+    assert tuned_text(cell) == "ldam_margin 0.3"  # its DRW's cb_beta is fixed, not tuned

@@ -4,6 +4,7 @@ did not learn, and bad input refused before anything is trained."""
 
 import dataclasses
 import json
+import math
 
 import mlflow
 import pandas as pd
@@ -92,8 +93,13 @@ def test_a_cell_is_a_top_level_run_with_its_repetitions_nested(store, data):
     rep = mine.iloc[0]
     assert json.loads(rep["tags.class_counts"])["airplane"] == 5  # 25 cut to 20%
     for key in ("final_train_acc", "final_test_acc", "head_acc", "tail_acc", "balanced_acc",
-                "macro_f1", "acc_airplane"):
+                "macro_f1", "acc_airplane", "ece", "many_acc", "few_acc"):
         assert 0 <= rep[f"metrics.{key}"] <= 1, key
+    # a step cut: head many-shot, tail few-shot, no medium; the calibration bins as a tag
+    assert rep["metrics.few_acc"] == rep["metrics.tail_acc"]
+    assert "metrics.medium_acc" not in rep or math.isnan(rep["metrics.medium_acc"])
+    assert sum(json.loads(rep["tags.calibration"])["count"]) == len(data.test_y)
+    assert 0 <= cnn["metrics.ece_mean"] <= 1
     client = mlflow.MlflowClient(store.uri)
     assert [m.step for m in client.get_metric_history(rep["run_id"], "test_acc")] == [1, 2]
     assert client.get_run(rep["run_id"]).inputs.dataset_inputs[0].dataset.digest == \
@@ -102,7 +108,7 @@ def test_a_cell_is_a_top_level_run_with_its_repetitions_nested(store, data):
     assert len(client.get_run(rep["run_id"]).outputs.model_outputs) == 1  # its logged model
     figures = {a.path for a in client.list_artifacts(cnn["run_id"], "figures")}
     assert {"figures/mean_accuracy.png", "figures/mean_loss.png",
-            "figures/per_class_accuracy_mean.png"} <= figures
+            "figures/per_class_accuracy_mean.png", "figures/reliability.png"} <= figures
     oversampled = cells[cells["tags.augment"] == "flip+noise"].iloc[0]
     flip = reps[reps["tags.mlflow.parentRunId"] == oversampled["run_id"]].iloc[0]
     assert "adds" in flip["tags.augment_note"]
@@ -116,6 +122,8 @@ def test_a_loss_remedy_cell_runs_and_its_repetition_names_the_loss(store, data):
     assert len(reps) == 1 and reps.iloc[0]["tags.augment_note"] == \
         "no oversampling; loss class-balanced (beta 0.9999)"
     assert cell_runs(store).iloc[0]["params.augment"] == "reweight"
+    assert cell_runs(store).iloc[0]["params.cb_beta"] == "0.9999"
+    assert reps.iloc[0]["params.final_cb_beta"] == "0.9999"  # tuned nothing: the cell's own
 
 
 def test_a_rerun_trains_only_missing_repetitions_and_force_starts_a_new_cell_run(

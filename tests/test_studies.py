@@ -62,10 +62,21 @@ def test_space_is_valid_cell_fields_and_sigma_is_searched_only_for_flip_noise():
     assert [p.name for p in searched(PLAIN)] == ["lr"]
     assert [p.name for p in searched(OVERSAMPLED)] == ["lr", "sigma"]
     assert starting_point(OVERSAMPLED) == {"lr": 0.05, "sigma": 0.1}
-    # plain repeats and the loss remedies have no noise to tune
-    for remedy in ("oversample", "reweight", "ldam-drw"):
-        assert [p.name for p in searched(dataclasses.replace(OVERSAMPLED, augment=remedy))] == [
-            "lr"]
+    # plain repeats and the loss remedies have no noise to tune; a loss remedy searches the
+    # one parameter its paper tunes, starting from the paper's value
+    for remedy, extra in (("oversample", []), ("balanced-softmax", []), ("reweight", ["cb_beta"]),
+                          ("logit-adjust", ["la_tau"]), ("ldam-drw", ["ldam_margin"])):
+        cell = dataclasses.replace(OVERSAMPLED, augment=remedy)
+        assert [p.name for p in searched(cell)] == ["lr", *extra]
+        assert starting_point(cell) == {"lr": 0.05, **{k: getattr(cell, k) for k in extra}}
+    # cb_beta is drawn from Cui et al.'s grid, never in between
+    beta = next(p for p in SPACE if p.name == "cb_beta")
+    cell = dataclasses.replace(OVERSAMPLED, augment="reweight")
+    drawn = suggest(optuna.trial.FixedTrial({"lr": 0.1, "cb_beta": 0.999}), cell)
+    assert drawn == {"lr": 0.1, "cb_beta": 0.999}
+    assert beta.contains(0.99) and not beta.contains(0.995)
+    with pytest.raises(ValueError, match="least and greatest choice"):
+        check_space((Param("cb_beta", 0.9, 0.99999, log=False, choices=(0.9, 0.99)),))
     # a user's new entry: an int field is drawn as an int
     space = SPACE + (Param("batch_size", 16, 256, log=True),)
     drawn = suggest(optuna.trial.FixedTrial({"lr": 0.1, "batch_size": 32}), PLAIN, space)

@@ -158,6 +158,13 @@ def test_evaluate_returns_one_prediction_per_image(learnable_split, n, batch_siz
     # the batch size only splits the work
     if n:
         assert torch.equal(evaluate(model, test, 7)["preds"], ev["preds"])
+    # the confidence is the predicted class's softmax probability, one per image
+    assert ev["confidence"].shape == (n,) and ev["confidence"].device.type == "cpu"
+    if n:
+        with torch.no_grad():
+            probs = torch.softmax(model(test.x.float() / 255), 1)
+        assert torch.allclose(ev["confidence"], probs.gather(1, ev["preds"][:, None])[:, 0],
+                              atol=1e-5)
 
 
 def test_balanced_accuracy_by_hand():

@@ -58,9 +58,10 @@ def write_repetition_artifacts(out_dir: Path, title: str, history: list[dict],
 
 def write_cell_summary(out_dir: Path, title: str, histories: list[list[dict[str, float]]],
                        ok: pd.DataFrame) -> list[Path]:
-    """figures/mean_{loss,accuracy}.png and figures/per_class_accuracy_mean.png from the
-    repetitions that learned (`ok`: their rows of the results table, `histories`: their
-    curves); nothing when none learned. Returns the files written."""
+    """figures/mean_{loss,accuracy}.png, figures/per_class_accuracy_mean.png and (when they
+    recorded their calibration bins) figures/reliability.png from the repetitions that
+    learned (`ok`: their rows of the results table, `histories`: their curves); nothing when
+    none learned. Returns the files written."""
     if not len(ok):
         return []
     folder = Path(out_dir) / "figures"
@@ -76,4 +77,19 @@ def write_cell_summary(out_dir: Path, title: str, histories: list[list[dict[str,
     fig = plots_repetitions.per_class_accuracy_errorbars(
         values.mean().tolist(), stds.tolist(), classes, tail, title, n=len(ok))
     written.append(plots.save_png(fig, folder / "per_class_accuracy_mean.png"))
+    pooled, n = pooled_calibration(ok)
+    if pooled:
+        written.append(plots.save_png(plots_repetitions.reliability_diagram(pooled, title, n),
+                                      folder / "reliability.png"))
     return written
+
+
+def pooled_calibration(ok: pd.DataFrame) -> tuple[dict[str, list[float]] | None, int]:
+    """The reliability bins of the repetitions in `ok` that recorded them (the results
+    table's `calibration` JSON), summed, and how many they are; (None, 0) when none did."""
+    recorded = [json.loads(v) for v in ok.get("calibration", pd.Series(dtype=str))
+                if isinstance(v, str) and v and v != "null"]
+    if not recorded:
+        return None, 0
+    return {k: np.sum([b[k] for b in recorded], axis=0).tolist() for k in recorded[0]}, \
+        len(recorded)

@@ -212,3 +212,54 @@ def findings_table(cells: list[CellResult]) -> Table:
             out.append(_between(f"{m}: flip+noise raises tail accuracy", slots,
                                 lt, fn, "tail_acc", "greater"))
     return Table(["finding", "verdict", "numbers", "why inconclusive"], out)
+
+
+# ---------------------------------------------------------------- remedies against plain CE
+
+PLAIN = "none"  # the control every remedy is compared with: plain cross-entropy
+REFERENCE_REMEDIES = {"none", "flip+noise"}  # the reference's own: the findings cover them
+
+
+def has_remedies(cells: list[CellResult]) -> bool:
+    """Whether the run holds a remedy beyond the reference's none and flip+noise."""
+    return any(c.spec["augment"] not in REFERENCE_REMEDIES for c in cells)
+
+
+def tail_metric(control: CellResult) -> str:
+    """few_acc where the control's training counts have a many/medium/few split (an exp
+    protocol: its repetitions logged medium_acc), else tail_acc (a step cut's few-shot classes
+    are its tail)."""
+    return "few_acc" if np.isfinite(control.values("medium_acc")).any() else "tail_acc"
+
+
+@dataclass(frozen=True)
+class RemedyComparison:
+    """One remedy against plain cross-entropy on the same model and variant."""
+
+    control: CellResult  # model · variant · none
+    remedy: CellResult
+    test: Verdict  # Welch on final_test_acc, the claim: the remedy raises it
+    tail: Verdict  # Welch on `tail_metric` (few_acc or tail_acc), the same claim
+    tail_metric: str
+
+
+def remedy_comparisons(cells: list[CellResult]) -> list[RemedyComparison | tuple]:
+    """For each (model, variant) with a `none` cell, each other remedy's cell against it, in
+    the run's order; a remedy whose control is absent is (remedy, why) instead."""
+    slots, out = _slots(cells), []
+    for c in cells:
+        model, variant, remedy = c.slot
+        if remedy == PLAIN:
+            continue
+        control = (model, variant, PLAIN)
+        absent = _absent(slots, control, c.slot)
+        if absent:
+            out.append((c, absent))
+            continue
+        base = slots[control]
+        metric = tail_metric(base)
+        out.append(RemedyComparison(
+            base, c, welch(base.values("final_test_acc"), c.values("final_test_acc"),
+                           "greater"),
+            welch(base.values(metric), c.values(metric), "greater"), metric))
+    return out

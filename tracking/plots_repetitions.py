@@ -9,6 +9,7 @@ import math
 import numpy as np
 from matplotlib.figure import Figure
 
+from benchmark.metrics import expected_calibration_error
 from tracking.plots import (
     HEAD_COLOR,
     TAIL_COLOR,
@@ -122,5 +123,36 @@ def per_class_accuracy_errorbars(means: list[float], stds: list[float], classes:
            ylim=(0, max([108.0, *(t + 8 for t in tops)])))  # headroom for the bar labels
     ax.grid(axis="y", alpha=0.3)
     _head_tail_legend(ax, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def reliability_diagram(bins: dict[str, list[float]], title: str, n: int) -> Figure:
+    """Reliability diagram of `n` repetitions' test predictions pooled (bins: summed
+    benchmark.metrics.calibration_bins): per equal-width confidence bin, the accuracy of its
+    predictions as a bar, their mean confidence as a dot, the diagonal as perfect calibration;
+    below, how many predictions each bin holds. The pooled ECE is in the title."""
+    count = np.asarray(bins["count"], dtype=float)
+    k = len(count)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.where(count > 0, np.asarray(bins["correct"]) / count, np.nan) * 100
+        conf = np.where(count > 0, np.asarray(bins["confidence"]) / count, np.nan) * 100
+    edges = np.linspace(0, 100, k + 1)
+    mids, width = (edges[:-1] + edges[1:]) / 2, 100 / k
+    fig = Figure(figsize=(6, 6.5))
+    ax, hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.bar(mids, np.nan_to_num(acc), width=width * 0.95, color=TEST_COLOR, alpha=0.8,
+           label="accuracy of the bin")
+    ax.plot(mids, conf, "o", color="#333333", ms=4, label="mean confidence of the bin")
+    ax.plot([0, 100], [0, 100], "--", color="#999999", lw=1, label="calibrated")
+    ece = expected_calibration_error(bins)
+    ax.set(title=f"{title} — reliability, {_repetitions(n)} pooled\nECE "
+                 f"{ece * 100:.1f}% ({k} bins)", ylabel="accuracy (%)", xlim=(0, 100),
+           ylim=(0, 100))
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    hist.bar(mids, count, width=width * 0.95, color=HEAD_COLOR)
+    hist.set(xlabel="confidence (%)", ylabel="predictions")
+    hist.grid(alpha=0.3)
     fig.tight_layout()
     return fig

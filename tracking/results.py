@@ -23,7 +23,9 @@ from tracking.store import KIND, Store
 
 OK, DID_NOT_LEARN, ERROR, RUNNING = "ok", "did-not-learn", "error", "running"  # ok: a result
 ID_COLUMNS = ["cell_key", "cell_name", "repetition", "rep_seed", "status", "outcome", "reason",
-              "run_id", "cell_run_id", "final_lr", "final_sigma", "final_attempt", "classes"]
+              "run_id", "cell_run_id", "final_lr", "final_sigma", "final_cb_beta",
+              "final_la_tau", "final_ldam_margin", "final_attempt", "classes", "calibration"]
+TUNED_LOSS = ("cb_beta", "la_tau", "ldam_margin")  # final_<name>: NaN where the remedy lacks it
 
 
 def outcome_of(run) -> str:
@@ -88,9 +90,12 @@ def _row(cell_run, fields: dict, run) -> dict:
             "run_id": run.info.run_id, "cell_run_id": cell_run.info.run_id,
             "final_lr": float(params.get("final_lr", "nan")),
             "final_sigma": float(params.get("final_sigma", "nan")),
+            **{f"final_{k}": float(params.get(f"final_{k}", "nan")) for k in TUNED_LOSS},
             # 1: the tuned parameters; 2, 3: a runner-up's, after they failed; 0: no fit
             "final_attempt": int(params.get("final_attempt", 0)),
             "classes": cell_run.data.tags.get("classes", "[]"),
+            # the test set's reliability bins (benchmark.metrics.calibration_bins) as JSON
+            "calibration": tags.get("calibration", ""),
             **run.data.metrics}
 
 

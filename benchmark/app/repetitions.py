@@ -40,7 +40,8 @@ from tracking.store import Store, tag_json
 # The cell run's headline metrics: name on the cell run -> the repetition metric it summarizes
 HEADLINE = {"test_acc": "final_test_acc", "train_acc": "final_train_acc",
             "balanced_acc": "balanced_acc", "head_acc": "head_acc", "tail_acc": "tail_acc",
-            "tail_gap": "tail_gap", "macro_f1": "macro_f1"}
+            "tail_gap": "tail_gap", "macro_f1": "macro_f1", "ece": "ece",
+            "many_acc": "many_acc", "medium_acc": "medium_acc", "few_acc": "few_acc"}
 CURVES = ["train_loss", "train_acc", "test_loss", "test_acc"]  # figures over repetitions
 FINAL_TRIES = 3  # tuned parameters, then the runners-up, when a final fit fails to learn
 
@@ -70,8 +71,7 @@ def cut(cell: Cell, data: Dataset, repetition: int = 0) -> Dataset:
 
 
 def _augment(cell: Cell, train: Split, num_classes: int) -> NoAugment:
-    return make_augment(cell.augment, train.y, tail_classes=cell.tail_classes, sigma=cell.sigma,
-                        num_classes=num_classes)
+    return make_augment(cell.augment, train.y, num_classes=num_classes, **cell.remedy_kwargs())
 
 
 def prepare(cell: Cell, data: Dataset, device: torch.device, repetition: int = 0) -> Prepared:
@@ -103,7 +103,7 @@ def _final_fit(candidates: list[Cell], prep: Prepared, run: Recorder, seed: int,
     for attempt, tuned in enumerate(candidates[:FINAL_TRIES], 1):
         # the oversampler of this candidate's sigma (cheap: class counts, no images)
         prep = dataclasses.replace(prep, augment=_augment(tuned, prep.train, num_classes))
-        model = build_model(tuned.model, num_classes, seed, device)
+        model = build_model(tuned.model, num_classes, seed, device, prep.augment.cosine_scale)
         try:
             history = fit(model, prep.train, prep.test, epochs=tuned.epochs,
                           batch_size=tuned.batch_size, lr=tuned.lr, seed=seed,
@@ -116,6 +116,7 @@ def _final_fit(candidates: list[Cell], prep: Prepared, run: Recorder, seed: int,
             why = f"diverged: {e}"
         if not why:
             run.log_params({"final_lr": tuned.lr, "final_sigma": tuned.sigma,
+                            **{f"final_{k}": getattr(tuned, k) for k in tuned.loss_fields},
                             "final_attempt": attempt})
             return tuned, model, history, final
         run.set_tags({f"final_rejected_{attempt}": f"lr {tuned.lr:.4g}: {why}"[:4000]})
@@ -139,7 +140,8 @@ def run_repetition(cell: Cell, candidates: list[Cell], data: Dataset, run: Recor
     run.log_curves([{k if k != "seconds" else "epoch_seconds": v for k, v in m.items()}
                     for m in history])
     classes, tail = list(data.classes), list(cell.tail_classes)
-    m = cell_metrics(prep.test.y.cpu().numpy(), final["preds"].numpy(), classes, tail)
+    m = cell_metrics(prep.test.y.cpu().numpy(), final["preds"].numpy(), classes, tail,
+                     train_counts=prep.counts, confidence=final["confidence"].numpy())
     with tempfile.TemporaryDirectory() as tmp:
         write_repetition_artifacts(Path(tmp), f"{cell.name} · repetition {repetition}",
                                    history, m, classes, tail)
@@ -151,7 +153,7 @@ def run_repetition(cell: Cell, candidates: list[Cell], data: Dataset, run: Recor
     run.log_model(RawImages(model), prep.test.x[:2], {
         "cell_key": cell.key, "cell_name": cell.name, "repetition": repetition,
         "dataset": data.source, "input": "uint8 images (N, 3, 32, 32), as stored"})
-    run.set_tags({"outcome": results.OK})
+    run.set_tags({"outcome": results.OK, "calibration": tag_json(m.calibration)})
     return True
 
 

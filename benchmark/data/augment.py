@@ -48,10 +48,12 @@ def batches(plan: EpochPlan, order: torch.Tensor, batch_size: int
             for s, k in zip(starts, counts.long().tolist(), strict=True)]
 
 
-# A remedy is a class built from (labels, tail_classes=, sigma=, num_classes=); the tail
-# classes and sigma are the cell's (Cell.tail_classes, Cell.sigma), with no defaults here.
-# Metadata: oversamples=True when it adds copies of tail images, sigma=True when it reads
-# Cell.sigma (what the search space tunes it for).
+# A remedy is a class built from (labels, tail_classes=, sigma=, loss_params=, num_classes=);
+# the tail classes, sigma and the loss's parameters are the cell's (Cell.remedy_kwargs()),
+# with no defaults here. Metadata: oversamples=True when it adds copies of tail images,
+# sigma=True when it reads Cell.sigma (what the search space tunes it for), loss_params:
+# {Cell field: the loss's parameter} it reads, tuned: those of them its study searches (the
+# one the paper tunes; the rest stay at the cell's value).
 AUGMENTS: Registry[type[NoAugment]] = Registry("augmentation")
 
 
@@ -63,6 +65,8 @@ class NoAugment:
     loss_name = "cross-entropy"  # an entry of benchmark.losses.LOSSES
     added = 0
     note = "no augmentation"
+    cosine_scale = 0.0  # > 0: the network's head is a cosine classifier of this scale
+
 
     def __init__(self, labels: torch.Tensor, *, num_classes: int | None = None, **_):
         self.n = len(labels)
@@ -125,7 +129,7 @@ class FlipNoise(Oversample):
     name = "flip+noise"
 
     def __init__(self, labels: torch.Tensor, *, tail_classes: Sequence[int], sigma: float,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, **_):
         if not sigma >= 0:
             raise DataError(f"flip+noise sigma must be >= 0, got {sigma}")
         super().__init__(labels, tail_classes=tail_classes, num_classes=num_classes)
@@ -147,13 +151,17 @@ class FlipNoise(Oversample):
 class LossRemedy(NoAugment):
     """The training set as it is, trained with the loss `loss_name` (see benchmark.losses)."""
 
-    def __init__(self, labels: torch.Tensor, *, num_classes: int | None = None, **_):
+    def __init__(self, labels: torch.Tensor, *, num_classes: int | None = None,
+                 loss_params: dict[str, float] | None = None, **_):
         super().__init__(labels, num_classes=num_classes)
+        counts = torch.bincount(labels.cpu(), minlength=num_classes or 0)
+        self.loss = make_loss(self.loss_name, counts, **(loss_params or {}))
         params = ", ".join(f"{k} {v:g}" for k, v in self.loss.params.items())
         self.note = f"no oversampling; loss {self.loss_name}" + (f" ({params})" if params else "")
 
 
-@AUGMENTS.register("reweight", oversamples=False, sigma=False)
+@AUGMENTS.register("reweight", oversamples=False, sigma=False,
+                   loss_params={"cb_beta": "beta"}, tuned=("cb_beta",))
 class Reweight(LossRemedy):
     """Class-balanced loss by effective number (Cui et al. 2019): cross-entropy weighted by
     w_c = (1 - beta) / (1 - beta^n_c), summing to C."""
@@ -161,7 +169,8 @@ class Reweight(LossRemedy):
     name, loss_name = "reweight", "class-balanced"
 
 
-@AUGMENTS.register("logit-adjust", oversamples=False, sigma=False)
+@AUGMENTS.register("logit-adjust", oversamples=False, sigma=False,
+                   loss_params={"la_tau": "tau"}, tuned=("la_tau",))
 class LogitAdjust(LossRemedy):
     """Logit-adjusted loss (Menon et al. 2021): cross-entropy of z_c + tau * log pi_c."""
 
@@ -175,16 +184,26 @@ class BalancedSoftmax(LossRemedy):
     name, loss_name = "balanced-softmax", "balanced-softmax"
 
 
-@AUGMENTS.register("ldam-drw", oversamples=False, sigma=False)
+@AUGMENTS.register("ldam-drw", oversamples=False, sigma=False,
+                   loss_params={"ldam_margin": "max_margin", "ldam_s": "s", "cb_beta": "beta",
+                                "drw_defer": "defer"}, tuned=("ldam_margin",))
 class LdamDrw(LossRemedy):
-    """LDAM margins Delta_c = K / n_c^(1/4) with deferred class-balanced re-weighting over the
-    last 20% of the epochs (Cao et al. 2019)."""
+    """LDAM margins Delta_c = K / n_c^(1/4) on the cosine logits of a normalised head, scaled
+    by s, with deferred class-balanced re-weighting over the last 20% of the epochs (Cao et al.
+    2019). The network's last linear layer becomes a cosine classifier s * cos(x, w_c)
+    (benchmark.models.cosine_head, their NormedLinear), as their code trains LDAM."""
 
     name, loss_name = "ldam-drw", "ldam-drw"
+
+    def __init__(self, labels: torch.Tensor, **kwargs):
+        super().__init__(labels, **kwargs)
+        self.cosine_scale = self.loss.params["s"]
+        self.note += "; cosine head"
 
 
 def make_augment(name: str, labels: torch.Tensor, **kwargs) -> NoAugment:
     """The remedy `name` for these training labels; an unknown name raises, listing the
-    choices. Every remedy takes (labels, tail_classes=, sigma=, num_classes=); give
-    num_classes: without it a loss counts a class above the largest label as one image."""
+    choices. Every remedy takes (labels, tail_classes=, sigma=, loss_params=, num_classes=),
+    a cell's as `**cell.remedy_kwargs()`; give num_classes: without it a loss counts a class
+    above the largest label as one image."""
     return AUGMENTS[name](labels, **kwargs)
