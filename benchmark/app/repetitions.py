@@ -108,7 +108,9 @@ def _final_fit(candidates: list[Cell], prep: Prepared, run: Recorder, seed: int,
             history = fit(model, prep.train, prep.test, epochs=tuned.epochs,
                           batch_size=tuned.batch_size, lr=tuned.lr, seed=seed,
                           augment=prep.augment, progress=progress, precision=tuned.precision)
-            final = evaluate(model, prep.test, tuned.batch_size, tuned.precision)
+            # the last epoch's test evaluation is the final weights' (fit trains no further)
+            final = history.last_test or evaluate(model, prep.test, tuned.batch_size,
+                                                  tuned.precision)
             balanced = final_train_balanced_acc(model, prep.train, history, num_classes,
                                                 tuned.batch_size, tuned.precision)
             why = did_not_learn(balanced, final["preds"], num_classes)
