@@ -84,6 +84,9 @@ def test_weights_batch_order_and_oversampling_draws_follow_the_repetition(data, 
         calls["build"].append(seed) or real_build(name, c, seed, device)))
     monkeypatch.setattr(repetitions, "fit", lambda *a, seed, **k: (
         calls["fit"].append(seed) or real_fit(*a, seed=seed, **k)))
+    # a recorder that keeps no files gets no figures drawn (make perf counts them as recording)
+    monkeypatch.setattr(repetitions, "write_repetition_artifacts",
+                        lambda *a, **k: pytest.fail("figures drawn that nobody keeps"))
     for r in range(3):
         repetitions.run_repetition(CELL, [CELL], data, NullRunLog(), r, CPU)
     expected = [CELL.repetition_seed(r) for r in range(3)]

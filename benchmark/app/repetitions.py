@@ -10,9 +10,7 @@ that learned) and figures from all of them, this invocation's and earlier ones.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -142,10 +140,8 @@ def run_repetition(cell: Cell, candidates: list[Cell], data: Dataset, run: Recor
                     for m in history])
     classes, tail = list(data.classes), list(cell.tail_classes)
     m = cell_metrics(prep.test.y.cpu().numpy(), final["preds"].numpy(), classes, tail)
-    with tempfile.TemporaryDirectory() as tmp:
-        write_repetition_artifacts(Path(tmp), f"{cell.name} · repetition {repetition}",
-                                   history, m, classes, tail)
-        run.log_artifacts(Path(tmp))
+    run.log_files(lambda folder: write_repetition_artifacts(
+        folder, f"{cell.name} · repetition {repetition}", history, m, classes, tail))
     run.log_metrics({"final_train_acc": history[-1]["train_acc"] if history else 0.0,
                      "final_test_acc": final["acc"], "final_test_loss": final["loss"],
                      **m.scalars})
@@ -171,9 +167,7 @@ def summarize_cell(store: Store, run: Recorder, cell: Cell, cell_run) -> tuple[i
         metrics |= {f"{name}_mean": s.mean, f"{name}_std": s.std, f"{name}_ci95": s.ci95}
     run.log_metrics({k: v for k, v in metrics.items() if v == v})  # NaN: not computed
     histories = [store.metric_histories(run_id, CURVES) for run_id in ok["run_id"]]
-    with tempfile.TemporaryDirectory() as tmp:
-        if write_cell_summary(Path(tmp), cell.name, histories, ok):
-            run.log_artifacts(Path(tmp))
+    run.log_files(lambda folder: write_cell_summary(folder, cell.name, histories, ok))
     if not len(ok):
         why = "; ".join(f"repetition {r}: {w}" for r, w in zip(df["repetition"], df["reason"],
                                                                strict=True))
