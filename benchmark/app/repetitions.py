@@ -10,6 +10,7 @@ that learned) and figures from all of them, this invocation's and earlier ones.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,7 @@ HEADLINE = {"test_acc": "final_test_acc", "train_acc": "final_train_acc",
             "tail_gap": "tail_gap", "macro_f1": "macro_f1"}
 CURVES = ["train_loss", "train_acc", "test_loss", "test_acc"]  # figures over repetitions
 FINAL_TRIES = 3  # tuned parameters, then the runners-up, when a final fit fails to learn
+REJECTED_SECONDS = "rejected_fit_seconds"  # metric: seconds of the attempts rejected so far
 
 
 @dataclass
@@ -97,8 +99,9 @@ def _final_fit(candidates: list[Cell], prep: Prepared, run: Recorder, seed: int,
     the best are often near the learning rate where training breaks, and the whole training
     set is not the tuning split. Returns (cell, model, history, final) or the last reason."""
     num_classes = prep.data.num_classes
-    why = ""
+    why, rejected = "", 0.0
     for attempt, tuned in enumerate(candidates[:FINAL_TRIES], 1):
+        start = time.perf_counter()
         # the oversampler of this candidate's sigma (cheap: class counts, no images)
         prep = dataclasses.replace(prep, augment=_augment(tuned, prep.train, num_classes))
         model = build_model(tuned.model, num_classes, seed, device)
@@ -119,6 +122,9 @@ def _final_fit(candidates: list[Cell], prep: Prepared, run: Recorder, seed: int,
                             "final_attempt": attempt})
             return tuned, model, history, final
         run.set_tags({f"final_rejected_{attempt}": f"lr {tuned.lr:.4g}: {why}"[:4000]})
+        # training too, though no curve of it is logged: the grid's timeline counts it as fits
+        rejected += time.perf_counter() - start
+        run.log_metrics({REJECTED_SECONDS: rejected}, step=attempt)
     return why
 
 
