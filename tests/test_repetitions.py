@@ -84,9 +84,6 @@ def test_weights_batch_order_and_oversampling_draws_follow_the_repetition(data, 
         calls["build"].append(seed) or real_build(name, c, seed, device)))
     monkeypatch.setattr(repetitions, "fit", lambda *a, seed, **k: (
         calls["fit"].append(seed) or real_fit(*a, seed=seed, **k)))
-    # a recorder that keeps no files gets no figures drawn (make perf counts them as recording)
-    monkeypatch.setattr(repetitions, "write_repetition_artifacts",
-                        lambda *a, **k: pytest.fail("figures drawn that nobody keeps"))
     for r in range(3):
         repetitions.run_repetition(CELL, [CELL], data, NullRunLog(), r, CPU)
     expected = [CELL.repetition_seed(r) for r in range(3)]
@@ -102,6 +99,25 @@ def test_weights_batch_order_and_oversampling_draws_follow_the_repetition(data, 
     orders = [torch.randperm(100, generator=torch.Generator().manual_seed(s))
               for s in expected[:2]]
     assert not torch.equal(*orders)
+
+
+def test_a_recorder_that_keeps_no_files_gets_no_figures_drawn(data, monkeypatch):
+    """NullRunLog is asked for the repetition's files and draws none (make perf counts the
+    figures as recording); the repetition learned, so its figures were due."""
+    from benchmark.recording import NullRunLog
+
+    drawn, asked = [], []
+    monkeypatch.setattr(repetitions, "write_repetition_artifacts", lambda *a: drawn.append(a))
+
+    class Spy(NullRunLog):
+        def log_files(self, write, path=None):
+            asked.append(path)
+            super().log_files(write, path)
+
+    cell = dataclasses.replace(CELL, variant="balanced", augment="none", epochs=2,
+                               batch_size=8, lr=0.05)  # learns in two epochs (test_train)
+    assert repetitions.run_repetition(cell, [cell], data, Spy(), 0, CPU)
+    assert asked == [None] and drawn == []
 
 
 def test_the_tail_is_the_cells_tail_classes(tmp_path):
