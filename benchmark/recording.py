@@ -5,7 +5,7 @@ protocol and never import a tracking library."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -31,6 +31,12 @@ class Recorder(Protocol):
 
     def log_artifacts(self, folder: Path, path: str | None = None) -> None: ...
 
+    def log_files(self, write: Callable[[Path], object], path: str | None = None) -> None:
+        """`write(folder)` into an empty temporary folder, then what it wrote logged as by
+        log_artifacts. A recorder that keeps no files does not call `write`: figures that
+        nobody keeps are not drawn (they are recording's cost, not the computation's)."""
+        ...
+
     def log_model(self, model: nn.Module, example: torch.Tensor,
                   tags: dict[str, object]) -> None: ...
 
@@ -45,7 +51,8 @@ class Recorder(Protocol):
 
 
 class NullRunLog:
-    """A Recorder that records nothing: the same cell without tracking, for `make perf`."""
+    """A Recorder that records nothing, and draws no figure: the same cell without tracking,
+    for `make perf`."""
 
     run_id = "untracked"
 
@@ -67,6 +74,9 @@ class NullRunLog:
 
     def log_artifacts(self, folder: Path, path: str | None = None) -> None:
         pass
+
+    def log_files(self, write: Callable[[Path], object], path: str | None = None) -> None:
+        pass  # nothing kept, so nothing written
 
     def log_model(self, model: nn.Module, example: torch.Tensor,
                   tags: dict[str, object]) -> None:

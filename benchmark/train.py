@@ -29,6 +29,16 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
+class History(list):
+    """What `fit` returns: the metrics of every epoch (a list of dicts, one an epoch), and in
+    `last_test` the last epoch's test evaluation (`evaluate`'s dict, its predictions
+    included): the final weights' on the test set, since nothing trains after it; None after
+    0 epochs. A caller that needs the final test numbers reads them here instead of
+    evaluating the test set a second time."""
+
+    last_test: dict | None = None
+
+
 class Split(NamedTuple):
     x: torch.Tensor  # (N, 3, 32, 32) uint8
     y: torch.Tensor  # (N,) int64
@@ -245,14 +255,15 @@ def fit(model: nn.Module, train: Split, test: Split, *, epochs: int,
         momentum: float = HYP["momentum"], weight_decay: float = HYP["weight_decay"],
         seed: int = 0, augment: NoAugment | None = None,
         callback: EpochCallback | None = None, progress: bool = False,
-        precision: str = "auto") -> list[dict[str, float]]:
+        precision: str = "auto") -> History:
     """SGD on the remedy's loss (`augment.loss`: plain cross-entropy for none, oversample and
     flip+noise) for `epochs` epochs, computing in `precision` (PRECISIONS);
     after each, hand the epoch's metrics
     (train_loss, train_acc, train_balanced_acc, test_loss, test_acc, test_balanced_acc,
     seconds, and eval_seconds of them spent evaluating) to `callback`.
     Raises Diverged when the loss stops being finite. Data must already be on the model's
-    device (uint8); returns the metrics of every epoch."""
+    device (uint8); returns the metrics of every epoch, and the final weights' test
+    evaluation in its `last_test` (see History)."""
     if epochs < 0 or batch_size < 1:
         raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {epochs}, {batch_size}")
     if not len(train.y):
@@ -262,7 +273,7 @@ def fit(model: nn.Module, train: Split, test: Split, *, epochs: int,
     gen = torch.Generator(device=device).manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                           weight_decay=weight_decay)
-    history = []
+    history = History()
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         metrics = train_one_epoch(model, opt, train, batch_size, gen, augment, progress,
@@ -278,6 +289,7 @@ def fit(model: nn.Module, train: Split, test: Split, *, epochs: int,
                     "test_balanced_acc": ev["balanced_acc"],
                     "seconds": end - start, "eval_seconds": end - evaluated}
         history.append(metrics)
+        history.last_test = ev  # evaluate(model, test, batch_size, precision) after this epoch
         if callback:
             callback(epoch, metrics)
     return history

@@ -101,6 +101,25 @@ def test_weights_batch_order_and_oversampling_draws_follow_the_repetition(data, 
     assert not torch.equal(*orders)
 
 
+def test_a_recorder_that_keeps_no_files_gets_no_figures_drawn(data, monkeypatch):
+    """NullRunLog is asked for the repetition's files and draws none (make perf counts the
+    figures as recording); the repetition learned, so its figures were due."""
+    from benchmark.recording import NullRunLog
+
+    drawn, asked = [], []
+    monkeypatch.setattr(repetitions, "write_repetition_artifacts", lambda *a: drawn.append(a))
+
+    class Spy(NullRunLog):
+        def log_files(self, write, path=None):
+            asked.append(path)
+            super().log_files(write, path)
+
+    cell = dataclasses.replace(CELL, variant="balanced", augment="none", epochs=2,
+                               batch_size=8, lr=0.05)  # learns in two epochs (test_train)
+    assert repetitions.run_repetition(cell, [cell], data, Spy(), 0, CPU)
+    assert asked == [None] and drawn == []
+
+
 def test_the_tail_is_the_cells_tail_classes(tmp_path):
     """A cell with tail_classes (7, 9), run by the runner on a real store: the cut keeps one
     image of horse and truck each (25 / rho 25) and all of the others, and its head/tail

@@ -300,6 +300,7 @@ def test_a_diverging_final_fit_falls_back_to_the_runner_up(store, data, monkeypa
     row = runs_of(store, "repetition").iloc[0]
     assert row["params.final_lr"] == "0.05" and row["params.final_attempt"] == "2"
     assert "lr 99" in row["tags.final_rejected_1"] and "diverged" in row["tags.final_rejected_1"]
+    assert row["metrics.rejected_fit_seconds"] > 0  # the timeline counts it as training
     history = mlflow.MlflowClient(store.uri).get_metric_history(row["run_id"], "train_loss")
     assert [m.step for m in history] == [1, 2]  # only the fit that went through
     assert cell_runs(store).iloc[0]["metrics.repetitions_runner_up"] == 1

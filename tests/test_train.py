@@ -56,6 +56,19 @@ def test_fit_learns_well_above_chance(trained, learnable_split):
     assert evaluate(model, learnable_split[1])["acc"] == last["test_acc"]
 
 
+def test_fit_keeps_the_final_weights_test_evaluation(trained, learnable_split):
+    """history.last_test is what evaluating the returned model on the test set gives (the
+    repetitions record it instead of evaluating a second time): the same loss, accuracy and
+    predictions, not an earlier epoch's."""
+    model, history, _ = trained
+    again = evaluate(model, learnable_split[1], RECIPE["batch_size"])
+    last = history.last_test
+    assert (last["loss"], last["acc"], last["balanced_acc"]) == (
+        again["loss"], again["acc"], again["balanced_acc"]) == (
+        history[-1]["test_loss"], history[-1]["test_acc"], history[-1]["test_balanced_acc"])
+    assert torch.equal(last["preds"], again["preds"])
+
+
 def test_callback_gets_every_epoch_with_all_metrics(trained):
     _, history, calls = trained
     assert [epoch for epoch, _ in calls] == list(range(1, RECIPE["epochs"] + 1))
@@ -130,7 +143,7 @@ def test_zero_epochs_train_nothing(learnable_split):
     calls = []
     model, history = _fit(*learnable_split, epochs=0, callback=lambda e, m: calls.append(e))
     fresh = build_model("cnn", 10, 0, CPU)
-    assert history == [] and calls == []
+    assert history == [] and calls == [] and history.last_test is None
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), fresh.parameters(),
                                                    strict=True))
 

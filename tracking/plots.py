@@ -29,18 +29,21 @@ REF_COLOR = "#9A9A9A"  # the reference study's numbers: grey, beside ours
 DPI = 110  # ~900 px wide for the 8-inch figures: sharp in a report, small in MLflow
 
 
-def png_bytes(fig: Figure) -> bytes:
-    """The figure as PNG bytes (for an HTML data URI or an MLflow upload)."""
+def png_bytes(fig: Figure, tight: bool = True) -> bytes:
+    """The figure as PNG bytes (for an HTML data URI or an MLflow upload). `tight`: cropped
+    to what it draws (bbox_inches="tight": everything shows, a legend outside the axes too,
+    at the price of a second draw); False for a figure that `tight_layout` already fitted
+    into its canvas."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight" if tight else None)
     return buf.getvalue()
 
 
-def save_png(fig: Figure, path: Path) -> Path:
-    """Write the figure as a PNG, creating its folder."""
+def save_png(fig: Figure, path: Path, tight: bool = True) -> Path:
+    """Write the figure as a PNG, creating its folder (`tight` as in png_bytes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png_bytes(fig))
+    path.write_bytes(png_bytes(fig, tight))
     return path
 
 

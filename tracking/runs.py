@@ -5,8 +5,9 @@ so that this can still be written)."""
 
 from __future__ import annotations
 
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -75,6 +76,14 @@ class RunLog:
         if short:
             raise OSError(f"run {self.run_id}: the store holds artifacts short: "
                           + ", ".join(short[:5]))
+
+    def log_files(self, write: Callable[[Path], object], path: str | None = None) -> None:
+        """`write(folder)` into a temporary folder (gone once logged), then log_artifacts of
+        what it wrote; nothing when it wrote nothing."""
+        with tempfile.TemporaryDirectory() as tmp:
+            write(Path(tmp))
+            if any(Path(tmp).iterdir()):
+                self.log_artifacts(Path(tmp), path)
 
     def _sizes(self, path: str | None) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -16,7 +16,7 @@ class Timeline:
     wall: float  # from the command's start to the last cell run's end
     startup: float  # from the command's start to its first cell run
     trials: float  # in trial runs
-    fits: float  # in repetition runs' epochs (training and evaluation)
+    fits: float  # in repetition runs' epochs (training and evaluation), rejected attempts too
     evaluation: float  # of those, evaluating on the test set after each epoch
     recording: float  # in repetition runs around their epochs: metrics, figures, the model
     cells: float  # in cell runs around their trials and repetitions: statistics, figures
@@ -55,6 +55,8 @@ def timeline(store: Store, invocation: str) -> Timeline | None:
                 epochs = store.metric_histories(k.info.run_id, ["epoch_seconds",
                                                                 "eval_seconds"])
                 spent = sum(e.get("epoch_seconds", 0.0) for e in epochs)
+                # final fits rejected before it (diverged, did not learn): trained, no curves
+                spent += k.data.metrics.get("rejected_fit_seconds", 0.0)
                 fits += spent
                 evaluation += sum(e.get("eval_seconds", 0.0) for e in epochs)
                 recording += max(0.0, _seconds(k) - spent)

@@ -10,9 +10,8 @@ that learned) and figures from all of them, this invocation's and earlier ones.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
+import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -44,6 +43,7 @@ HEADLINE = {"test_acc": "final_test_acc", "train_acc": "final_train_acc",
             "many_acc": "many_acc", "medium_acc": "medium_acc", "few_acc": "few_acc"}
 CURVES = ["train_loss", "train_acc", "test_loss", "test_acc"]  # figures over repetitions
 FINAL_TRIES = 3  # tuned parameters, then the runners-up, when a final fit fails to learn
+REJECTED_SECONDS = "rejected_fit_seconds"  # metric: seconds of the attempts rejected so far
 
 
 @dataclass
@@ -99,8 +99,9 @@ def _final_fit(candidates: list[Cell], prep: Prepared, run: Recorder, seed: int,
     the best are often near the learning rate where training breaks, and the whole training
     set is not the tuning split. Returns (cell, model, history, final) or the last reason."""
     num_classes = prep.data.num_classes
-    why = ""
+    why, rejected = "", 0.0
     for attempt, tuned in enumerate(candidates[:FINAL_TRIES], 1):
+        start = time.perf_counter()
         # the oversampler of this candidate's sigma (cheap: class counts, no images)
         prep = dataclasses.replace(prep, augment=_augment(tuned, prep.train, num_classes))
         model = build_model(tuned.model, num_classes, seed, device, prep.augment.cosine_scale)
@@ -108,7 +109,9 @@ def _final_fit(candidates: list[Cell], prep: Prepared, run: Recorder, seed: int,
             history = fit(model, prep.train, prep.test, epochs=tuned.epochs,
                           batch_size=tuned.batch_size, lr=tuned.lr, seed=seed,
                           augment=prep.augment, progress=progress, precision=tuned.precision)
-            final = evaluate(model, prep.test, tuned.batch_size, tuned.precision)
+            # the last epoch's test evaluation is the final weights' (fit trains no further)
+            final = history.last_test or evaluate(model, prep.test, tuned.batch_size,
+                                                  tuned.precision)
             balanced = final_train_balanced_acc(model, prep.train, history, num_classes,
                                                 tuned.batch_size, tuned.precision)
             why = did_not_learn(balanced, final["preds"], num_classes)
@@ -120,6 +123,9 @@ def _final_fit(candidates: list[Cell], prep: Prepared, run: Recorder, seed: int,
                             "final_attempt": attempt})
             return tuned, model, history, final
         run.set_tags({f"final_rejected_{attempt}": f"lr {tuned.lr:.4g}: {why}"[:4000]})
+        # training too, though no curve of it is logged: the grid's timeline counts it as fits
+        rejected += time.perf_counter() - start
+        run.log_metrics({REJECTED_SECONDS: rejected}, step=attempt)
     return why
 
 
@@ -142,10 +148,8 @@ def run_repetition(cell: Cell, candidates: list[Cell], data: Dataset, run: Recor
     classes, tail = list(data.classes), list(cell.tail_classes)
     m = cell_metrics(prep.test.y.cpu().numpy(), final["preds"].numpy(), classes, tail,
                      train_counts=prep.counts, confidence=final["confidence"].numpy())
-    with tempfile.TemporaryDirectory() as tmp:
-        write_repetition_artifacts(Path(tmp), f"{cell.name} · repetition {repetition}",
-                                   history, m, classes, tail)
-        run.log_artifacts(Path(tmp))
+    run.log_files(lambda folder: write_repetition_artifacts(
+        folder, f"{cell.name} · repetition {repetition}", history, m, classes, tail))
     run.log_metrics({"final_train_acc": history[-1]["train_acc"] if history else 0.0,
                      "final_test_acc": final["acc"], "final_test_loss": final["loss"],
                      **m.scalars})
@@ -171,9 +175,7 @@ def summarize_cell(store: Store, run: Recorder, cell: Cell, cell_run) -> tuple[i
         metrics |= {f"{name}_mean": s.mean, f"{name}_std": s.std, f"{name}_ci95": s.ci95}
     run.log_metrics({k: v for k, v in metrics.items() if v == v})  # NaN: not computed
     histories = [store.metric_histories(run_id, CURVES) for run_id in ok["run_id"]]
-    with tempfile.TemporaryDirectory() as tmp:
-        if write_cell_summary(Path(tmp), cell.name, histories, ok):
-            run.log_artifacts(Path(tmp))
+    run.log_files(lambda folder: write_cell_summary(folder, cell.name, histories, ok))
     if not len(ok):
         why = "; ".join(f"repetition {r}: {w}" for r, w in zip(df["repetition"], df["reason"],
                                                                strict=True))

@@ -12,11 +12,9 @@ std, 95% CI over the repetitions that learned) are computed again from all of th
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -88,9 +86,7 @@ def tune_candidates(cell: Cell, data: Dataset, run: Recorder, device: torch.devi
     run.log_params({f"best_{k}": v for k, v in result.best.items()})
     run.log_metrics({"trials_complete": result.complete, "trials_pruned": result.pruned,
                      "trials_failed": result.failed, "trial_epochs": result.epochs_trained})
-    with tempfile.TemporaryDirectory() as tmp:  # the figures live only until they are logged
-        if write_study_figures(result.summary, Path(tmp)):
-            run.log_artifacts(Path(tmp), "optuna")
+    run.log_files(lambda folder: write_study_figures(result.summary, folder), "optuna")
     # a trial that did not learn on validation either is no runner-up: falling back to it
     # would trade a diverged fit for one near chance (seen: lr 0.01 scored chance in 6 epochs)
     floor = COLLAPSE_CHANCE_MULTIPLE / data.num_classes
