@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.data.augment import AUGMENTS
+from benchmark.data.augment import REMEDIES
 from benchmark.data.sources import CLASS_COUNTS
 from benchmark.data.variants import VARIANTS, variant_tail
 from benchmark.errors import UserError
@@ -28,7 +28,8 @@ PROFILES = GRID_DIR / "profiles.toml"
 # (a tail class keeps round(n / rho) images, not round(n * fraction)), the variant exp exists,
 # the loss remedies' parameters are fields (cb_beta, la_tau, ldam_margin, ldam_s, drw_defer)
 # and ldam-drw trains a cosine head (in layout 3 the losses ran at their defaults on raw
-# logits): keys of another layout never match
+# logits), and the remedy axis is called `remedy` (it was `augment`): keys of another layout
+# never match
 KEY_LAYOUT = 4
 REFERENCE_TAIL = (0, 1, 2, 3, 4)  # the reference's tail: CIFAR-10's airplane ... deer
 REPETITION_FIELDS = {"seeds"}  # how many repetitions: not part of the cell's key
@@ -44,7 +45,7 @@ class Cell:
 
     model: str
     variant: str  # an entry of VARIANTS: "balanced", "long-tail" (step), "exp"
-    augment: str  # the remedy, an entry of AUGMENTS: "none", "flip+noise", "reweight", ...
+    remedy: str  # an entry of REMEDIES: "none", "oversample", "flip+noise", "reweight", ...
     epochs: int
     dataset: str = "auto"  # resolved to the source actually loaded before any cell runs
     profile: str = "paper"
@@ -105,32 +106,32 @@ class Cell:
 
     @property
     def name(self) -> str:
-        return f"{self.model} · {self.variant} · {self.augment}"
+        return f"{self.model} · {self.variant} · {self.remedy}"
 
     @property
     def oversamples(self) -> bool:
         """Whether the remedy adds copies of tail images (oversample, flip+noise)."""
-        return bool(AUGMENTS.meta(self.augment)["oversamples"])
+        return bool(REMEDIES.meta(self.remedy)["oversamples"])
 
     @property
     def uses_sigma(self) -> bool:
         """Whether the remedy reads `sigma` (flip+noise): only then is sigma tuned."""
-        return bool(AUGMENTS.meta(self.augment)["sigma"])
+        return bool(REMEDIES.meta(self.remedy)["sigma"])
 
     @property
     def loss_params(self) -> dict[str, float]:
         """{the loss's parameter: this cell's value} for the fields the remedy reads
         (reweight: {"beta": cb_beta}); empty for a remedy with a parameterless loss."""
-        fields = AUGMENTS.meta(self.augment).get("loss_params", {})
+        fields = REMEDIES.meta(self.remedy).get("loss_params", {})
         return {param: float(getattr(self, field)) for field, param in fields.items()}
 
     @property
     def loss_fields(self) -> tuple[str, ...]:
         """The Cell fields the remedy's loss reads (reweight: cb_beta)."""
-        return tuple(AUGMENTS.meta(self.augment).get("loss_params", {}))
+        return tuple(REMEDIES.meta(self.remedy).get("loss_params", {}))
 
     def _tunes(self, field: str) -> bool:
-        return field in AUGMENTS.meta(self.augment).get("tuned", ())
+        return field in REMEDIES.meta(self.remedy).get("tuned", ())
 
     @property
     def tunes_cb_beta(self) -> bool:
@@ -148,7 +149,7 @@ class Cell:
         return self._tunes("ldam_margin")
 
     def remedy_kwargs(self) -> dict[str, object]:
-        """What make_augment takes from the cell: the tail, sigma and the loss's parameters."""
+        """What make_remedy takes from the cell: the tail, sigma and the loss's parameters."""
         return {"tail_classes": self.tail_classes, "sigma": self.sigma,
                 "loss_params": self.loss_params}
 
@@ -161,7 +162,7 @@ class Cell:
 
 CELL_FIELDS = {f.name: f for f in dataclasses.fields(Cell)}
 REQUIRED = [n for n, f in CELL_FIELDS.items() if f.default is dataclasses.MISSING]
-CHOICES = {"model": MODELS, "variant": VARIANTS, "augment": AUGMENTS}  # registry-named fields
+CHOICES = {"model": MODELS, "variant": VARIANTS, "remedy": REMEDIES}  # registry-named fields
 NOTES = {"table", "reference_train_acc", "reference_test_acc"}  # reference data, not settings
 RANGES = {  # field -> (whether a value is allowed, what the message says it must be)
     "epochs": (lambda v: v >= 1, "at least 1"),
@@ -273,6 +274,9 @@ def _read_toml(path: Path) -> dict:
 def _check_entry(raw: dict, where: str) -> Cell:
     """The cell a grid's [[cell]] table describes; its errors start with `where`."""
     unknown = set(raw) - set(CELL_FIELDS) - NOTES
+    if "augment" in unknown:  # the remedy axis's name until cell layout 4
+        raise GridError(f"{where}: the field augment is called remedy now: write remedy = "
+                        f"{raw['augment']!r}")
     if unknown:
         raise GridError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; "
                         f"a cell takes {', '.join(CELL_FIELDS)}")
@@ -335,12 +339,12 @@ def apply_profile(cell: Cell, name: str, profile: dict) -> Cell:
     return dataclasses.replace(cell, profile=name, **changes)
 
 
-RESTRICTS = ("model", "variant", "augment")  # what a grid's [profile.NAME] table may restrict
+RESTRICTS = ("model", "variant", "remedy")  # what a grid's [profile.NAME] table may restrict
 
 
 def load_restriction(grid: str, profile: str) -> dict[str, list[str]]:
     """What the grid file's `[profile.NAME]` table keeps of its cells under that profile, by
-    model, variant or augment (`[profile.quick] model = ["cnn"]`: quick runs the cnn cells
+    model, variant or remedy (`[profile.quick] model = ["cnn"]`: quick runs the cnn cells
     alone); {} when the file has no table for it. A table names a profile of profiles.toml and
     lists registry names; anything else is a GridError naming the file and the table."""
     path = grid_path(grid)

@@ -27,7 +27,7 @@ import torch
 
 from benchmark.cells import Cell
 from benchmark.data import Dataset
-from benchmark.data.augment import make_augment
+from benchmark.data.augment import make_remedy
 from benchmark.data.sampling import stratified_split
 from benchmark.recording import Recorder
 from benchmark.train import Diverged, Split, build_model, fit
@@ -95,7 +95,7 @@ class Objective:
         # the trial's cell: the searched fields replaced, so a new entry in the space reaches
         # training wherever training reads that Cell field
         cell, data = dataclasses.replace(self.cell, **params), self.data
-        augment = make_augment(cell.augment, data.train.y, num_classes=data.num_classes,
+        augment = make_remedy(cell.remedy, data.train.y, num_classes=data.num_classes,
                                **cell.remedy_kwargs())
         with _BUILD_LOCK:
             model = build_model(cell.model, data.num_classes, self.seed, self.device,

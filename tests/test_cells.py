@@ -21,7 +21,7 @@ from benchmark.data.sources import CLASS_COUNTS
 from benchmark.models import MODELS
 
 # a valid value other than the test cell's, for every field (a new field must add one)
-OTHER = {"model": "rnn", "variant": "balanced", "augment": "flip+noise", "epochs": 6,
+OTHER = {"model": "rnn", "variant": "balanced", "remedy": "flip+noise", "epochs": 6,
          "dataset": "cifar10", "profile": "quick", "batch_size": 64, "lr": 0.1, "sigma": 0.1,
          "tail_classes": (7, 9), "imbalance_ratio": 100.0, "train_limit": 100, "test_limit": 50,
          "trials": 3, "seed": 1, "seeds": 3, "precision": "bf16", "cb_beta": 0.99,
@@ -30,7 +30,7 @@ OTHER = {"model": "rnn", "variant": "balanced", "augment": "flip+noise", "epochs
 
 def test_reference_grid_holds_the_six_reference_cells():
     entries = load_grid("reference")
-    assert [(e.cell.model, e.cell.variant, e.cell.augment, e.cell.epochs) for e in entries] == [
+    assert [(e.cell.model, e.cell.variant, e.cell.remedy, e.cell.epochs) for e in entries] == [
         ("cnn", "balanced", "none", 100), ("rnn", "balanced", "none", 200),
         ("cnn", "long-tail", "none", 200), ("rnn", "long-tail", "none", 200),
         ("resnet50", "long-tail", "flip+noise", 10), ("rnn", "long-tail", "flip+noise", 50)]
@@ -39,7 +39,7 @@ def test_reference_grid_holds_the_six_reference_cells():
 
 
 def test_full_grid_adds_the_three_missing_combinations():
-    cells = {(e.cell.model, e.cell.variant, e.cell.augment) for e in load_grid("full")}
+    cells = {(e.cell.model, e.cell.variant, e.cell.remedy) for e in load_grid("full")}
     assert len(cells) == 9
     assert {("cnn", "long-tail", "flip+noise"), ("resnet50", "balanced", "none"),
             ("resnet50", "long-tail", "none")} <= cells
@@ -63,7 +63,7 @@ def test_keys_are_stable_and_change_with_every_field():
 @pytest.mark.parametrize("field, value, message", [
     ("model", "vgg", "model 'vgg' is not one of cnn, rnn, resnet50, resnet32"),
     ("variant", "lt", "variant 'lt' is not one of balanced, long-tail, exp"),
-    ("augment", "mixup", r"augment 'mixup' is not one of none, oversample, flip\+noise, "
+    ("remedy", "mixup", r"remedy 'mixup' is not one of none, oversample, flip\+noise, "
                         "reweight, logit-adjust, balanced-softmax, ldam-drw"),
     ("model", 3, "model must be str, got 3"),
     ("epochs", 0, "epochs must be at least 1, got 0"),
@@ -103,7 +103,7 @@ def test_keys_are_stable_and_change_with_every_field():
 ])
 def test_a_cell_made_in_code_checks_itself_naming_the_field(field, value, message):
     with pytest.raises(GridError, match=message):
-        Cell(**{"model": "cnn", "variant": "long-tail", "augment": "none", "epochs": 5,
+        Cell(**{"model": "cnn", "variant": "long-tail", "remedy": "none", "epochs": 5,
                 field: value})
     with pytest.raises(GridError, match=message):  # dataclasses.replace checks again
         dataclasses.replace(Cell("cnn", "long-tail", "none", epochs=5), **{field: value})
@@ -140,8 +140,8 @@ def test_tail_classes_are_checked_against_the_cells_dataset(monkeypatch):
 
 def test_tail_classes_come_from_a_grid_or_a_profile(tmp_path, monkeypatch):
     grid = bad_grid(tmp_path, '[defaults]\ntail_classes = [9, 7]\n'
-                    '[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\naugment = "none"\nepochs = 1\n'
-                    '[[cell]]\nmodel = "rnn"\nvariant = "long-tail"\naugment = "none"\nepochs = 1\n'
+                    '[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\nremedy = "none"\nepochs = 1\n'
+                    '[[cell]]\nmodel = "rnn"\nvariant = "long-tail"\nremedy = "none"\nepochs = 1\n'
                     'tail_classes = [2]\n')
     assert [e.cell.tail_classes for e in load_grid(grid)] == [(7, 9), (2,)]
     profiles = tmp_path / "profiles.toml"
@@ -198,7 +198,7 @@ def test_quick_profile_shrinks_data_epochs_and_sets_trials():
 def test_expand_applies_dataset_overrides_and_filters():
     entries = expand("full", "quick", "fashion-mnist", {"model": ["rnn"], "variant": ["long-tail"]},
                      {"trials": 0})
-    assert [(e.cell.augment) for e in entries] == ["none", "flip+noise"]
+    assert [(e.cell.remedy) for e in entries] == ["none", "flip+noise"]
     assert all(e.cell.dataset == "fashion-mnist" and e.cell.trials == 0 for e in entries)
 
 
@@ -209,26 +209,28 @@ def bad_grid(tmp_path, body):
 
 
 @pytest.mark.parametrize("body, message", [
-    ('[[cell]]\nmodel = "vgg"\nvariant = "balanced"\naugment = "none"\nepochs = 1\n',
+    ('[[cell]]\nmodel = "vgg"\nvariant = "balanced"\nremedy = "none"\nepochs = 1\n',
      r"\[\[cell\]\] #1: model 'vgg' is not one of cnn, rnn, resnet50, resnet32"),
-    ('[[cell]]\nmodel = "cnn"\naugment = "none"\nepochs = 1\n',
+    ('[[cell]]\nmodel = "cnn"\nremedy = "none"\nepochs = 1\n',
      r"\[\[cell\]\] #1: missing field 'variant'"),
-    ('[[cell]]\nmodel = "cnn"\nvariant = "balanced"\naugment = "none"\nepochs = 1\nlr = "fast"\n',
+    ('[[cell]]\nmodel = "cnn"\nvariant = "balanced"\nremedy = "none"\nepochs = 1\nlr = "fast"\n',
      r"lr must be float, got 'fast'"),
-    ('[[cell]]\nmodel = "cnn"\nvariant = "balanced"\naugment = "none"\nepochs = 1\nlrr = 0.1\n',
+    ('[[cell]]\nmodel = "cnn"\nvariant = "balanced"\nremedy = "none"\nepochs = 1\nlrr = 0.1\n',
      r"unknown field\(s\) lrr"),
-    ('[[cell]]\nmodel = "cnn"\nvariant = "balanced"\naugment = "none"\nepochs = 0\n',
+    ('[[cell]]\nmodel = "cnn"\nvariant = "balanced"\naugment = "oversample"\nepochs = 1\n',
+     r"#1: the field augment is called remedy now: write remedy = 'oversample'"),
+    ('[[cell]]\nmodel = "cnn"\nvariant = "balanced"\nremedy = "none"\nepochs = 0\n',
      r"\[\[cell\]\] #1: epochs must be at least 1"),
-    ('[defaults]\nlr = 0.0\n[[cell]]\nmodel = "cnn"\nvariant = "balanced"\naugment = "none"\n'
-     'epochs = 1\n[[cell]]\nmodel = "rnn"\nvariant = "balanced"\naugment = "none"\n'
+    ('[defaults]\nlr = 0.0\n[[cell]]\nmodel = "cnn"\nvariant = "balanced"\nremedy = "none"\n'
+     'epochs = 1\n[[cell]]\nmodel = "rnn"\nvariant = "balanced"\nremedy = "none"\n'
      'epochs = 1\nlr = 0.1\n', r"\[\[cell\]\] #1: lr must be > 0 and finite, got 0.0"),
-    ('[[cell]]\nmodel = "cnn"\nvariant = "balanced"\naugment = "none"\nepochs = 1\n'
-     '[[cell]]\nmodel = "cnn"\nvariant = "balanced"\naugment = "none"\nepochs = 1\n'
+    ('[[cell]]\nmodel = "cnn"\nvariant = "balanced"\nremedy = "none"\nepochs = 1\n'
+     '[[cell]]\nmodel = "cnn"\nvariant = "balanced"\nremedy = "none"\nepochs = 1\n'
      'imbalance_ratio = 0\n', r"\[\[cell\]\] #2: imbalance_ratio must be >= 1"),
     ('[[cell]\nmodel = "cnn"', r"not valid TOML"),
-    ('[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\naugment = "none"\nepochs = 1\n'
+    ('[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\nremedy = "none"\nepochs = 1\n'
      'tail_classes = [0, 12]\n', r"\[\[cell\]\] #1: tail_classes 12 are not classes"),
-    ('[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\naugment = "none"\nepochs = 1\n'
+    ('[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\nremedy = "none"\nepochs = 1\n'
      'tail_classes = "0-4"\n', r"\[\[cell\]\] #1: tail_classes must be a list of class"),
 ])
 def test_bad_grid_file_is_refused_naming_file_and_field(tmp_path, body, message):
@@ -253,12 +255,12 @@ def test_an_exp_cell_holds_the_tail_its_protocol_fixes():
 def test_the_remedies_grid_expands_and_its_quick_profile_keeps_the_cnn():
     paper = [e.cell for e in expand("remedies", "paper", "auto")]
     assert len(paper) == 2 * 2 * 7 and {c.model for c in paper} == {"cnn", "resnet32"}
-    combos = {(c.model, c.variant, c.imbalance_ratio, c.augment) for c in paper}
+    combos = {(c.model, c.variant, c.imbalance_ratio, c.remedy) for c in paper}
     assert combos == {(m, v, rho, a) for m in ("cnn", "resnet32")
-                      for v, rho in (("long-tail", 10.0), ("exp", 100.0)) for a in cells.AUGMENTS}
+                      for v, rho in (("long-tail", 10.0), ("exp", 100.0)) for a in cells.REMEDIES}
     assert all(c.tail_classes == tuple(range(1, 10)) for c in paper if c.variant == "exp")
     quick = [e.cell for e in expand("remedies", "quick", "auto")]
-    assert [(c.variant, c.augment) for c in quick] == [(c.variant, c.augment) for c in paper
+    assert [(c.variant, c.remedy) for c in quick] == [(c.variant, c.remedy) for c in paper
                                                         if c.model == "cnn"]
     assert all(c.model == "cnn" and c.trials >= 8 and c.seeds == 3 for c in quick)
     with pytest.raises(GridError, match="profile quick runs only the cells of model cnn, and "
@@ -269,13 +271,13 @@ def test_the_remedies_grid_expands_and_its_quick_profile_keeps_the_cnn():
 
 def _restricted(tmp_path, table: str) -> str:
     return bad_grid(tmp_path, table + '\n[[cell]]\nmodel = "cnn"\nvariant = "balanced"\n'
-                    'augment = "none"\nepochs = 1\n[[cell]]\nmodel = "rnn"\n'
-                    'variant = "exp"\naugment = "none"\nepochs = 1\n')
+                    'remedy = "none"\nepochs = 1\n[[cell]]\nmodel = "rnn"\n'
+                    'variant = "exp"\nremedy = "none"\nepochs = 1\n')
 
 
 def test_a_grids_profile_table_restricts_that_profile_only(tmp_path):
     grid = _restricted(tmp_path, '[profile.quick]\nvariant = ["exp"]\n'
-                                 '[profile.paper]\nmodel = ["cnn", "rnn"]\naugment = ["none"]')
+                                 '[profile.paper]\nmodel = ["cnn", "rnn"]\nremedy = ["none"]')
     assert [e.cell.model for e in expand(grid, "quick", "auto")] == ["rnn"]
     assert [e.cell.model for e in expand(grid, "paper", "auto")] == ["cnn", "rnn"]
     with pytest.raises(GridError, match="profile quick runs only the cells of variant long-tail, "
@@ -286,7 +288,7 @@ def test_a_grids_profile_table_restricts_that_profile_only(tmp_path):
 
 @pytest.mark.parametrize("table, message", [
     ('[profile.quick]\nepochs = 2', r"\[profile.quick\]: unknown key\(s\) epochs; a grid's "
-     r"profile table keeps cells by model, variant, augment \(settings for every cell go in "
+     r"profile table keeps cells by model, variant, remedy \(settings for every cell go in "
      r"profiles.toml\)"),
     ('[profile.quik]\nmodel = ["cnn"]', r"\[profile.quik\]: unknown profile 'quik'; "
      "profiles.toml has paper, quick"),

@@ -6,7 +6,7 @@ import pytest
 
 from benchmark.app.cli import main
 
-GRID = ('[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\naugment = "none"\nepochs = 2\n'
+GRID = ('[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\nremedy = "none"\nepochs = 2\n'
         'batch_size = 8\nlr = 0.05\nimbalance_ratio = 2\n')
 
 

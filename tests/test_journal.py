@@ -15,7 +15,7 @@ from studies.locks import open_locks
 from studies.storage import StorageError, open_studies
 from studies.trials import Workers
 
-GRID = ('[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\naugment = "none"\nepochs = 2\n'
+GRID = ('[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\nremedy = "none"\nepochs = 2\n'
         'batch_size = 8\nlr = 0.05\nimbalance_ratio = 2\n')
 
 

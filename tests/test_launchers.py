@@ -19,7 +19,7 @@ from benchmark.app.cli import main
 from benchmark.app.slurm_options import SlurmOptions, absolute, check_stores, sbatch_option
 from benchmark.errors import UserError
 
-GRID = ('[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\naugment = "none"\nepochs = {epochs}\n'
+GRID = ('[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\nremedy = "none"\nepochs = {epochs}\n'
         'batch_size = 8\nlr = 0.05\nimbalance_ratio = 2\n')
 EXPERIMENT = "tailbench/cifar10/paper"
 

@@ -1,5 +1,5 @@
 """The loss-based remedies: each loss against a value computed by hand on a two-class example,
-the generated tests over LOSSES and AUGMENTS, and every remedy trained end to end by `fit`.
+the generated tests over LOSSES and REMEDIES, and every remedy trained end to end by `fit`.
 
 The hand values are written out with `math` from the papers' formulas, not by the code."""
 
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from conftest import learnable_images
 
 from benchmark.cells import Cell
-from benchmark.data.augment import AUGMENTS, NoAugment, make_augment
+from benchmark.data.augment import REMEDIES, NoAugment, make_remedy
 from benchmark.data.variants import long_tail_indices
 from benchmark.losses import LOSSES, CrossEntropy, class_balanced_weights, make_loss
 from benchmark.models import NormedLinear, cosine_head, create_model
@@ -157,16 +157,16 @@ def test_every_loss_declares_its_parameters_with_a_default_in_range(name):
 # ---- the remedies (the augment axis) --------------------------------------------------------
 
 def _remedy(name, labels, **kw):
-    return make_augment(name, labels, tail_classes=(0,), sigma=0.1, num_classes=3, **kw)
+    return make_remedy(name, labels, tail_classes=(0,), sigma=0.1, num_classes=3, **kw)
 
 
-@pytest.mark.parametrize("name", AUGMENTS.names())
+@pytest.mark.parametrize("name", REMEDIES.names())
 def test_every_remedy_has_a_loss_and_says_what_it_does(name):
     remedy = _remedy(name, torch.tensor([0, 1, 1, 1, 2, 2, 2]))
     assert isinstance(remedy.loss, CrossEntropy) and remedy.name == name
     assert remedy.loss.counts.tolist() == [1.0, 3.0, 3.0]  # before any oversampling
     assert type(remedy.loss) is LOSSES[remedy.loss_name]
-    meta = AUGMENTS.meta(name)
+    meta = REMEDIES.meta(name)
     assert meta["oversamples"] == (remedy.added > 0)  # one tail image short of the head's 3
     cell = Cell("cnn", "long-tail", name, epochs=1)
     assert cell.oversamples == meta["oversamples"] and cell.uses_sigma == meta["sigma"]
@@ -179,7 +179,7 @@ def test_every_remedy_has_a_loss_and_says_what_it_does(name):
     # and a cell's own value is the one trained with
     for field, param in fields.items():
         changed = dataclasses.replace(cell, **{field: getattr(cell, field) * 0.5})
-        built = make_augment(name, torch.tensor([0, 1, 1, 1, 2, 2, 2]), num_classes=3,
+        built = make_remedy(name, torch.tensor([0, 1, 1, 1, 2, 2, 2]), num_classes=3,
                              **changed.remedy_kwargs())
         assert built.loss.params[param] == getattr(cell, field) * 0.5
 
@@ -189,9 +189,9 @@ def test_the_cells_loss_defaults_are_the_losses_and_the_papers():
     cell = Cell("cnn", "long-tail", "none", epochs=1)
     assert (cell.cb_beta, cell.la_tau, cell.ldam_margin, cell.ldam_s, cell.drw_defer) == (
         0.9999, 1.0, 0.5, 30.0, 0.8)
-    for name in AUGMENTS.names():
-        loss = LOSSES[AUGMENTS[name].loss_name]
-        for field, param in AUGMENTS.meta(name).get("loss_params", {}).items():
+    for name in REMEDIES.names():
+        loss = LOSSES[REMEDIES[name].loss_name]
+        for field, param in REMEDIES.meta(name).get("loss_params", {}).items():
             assert loss.tunable[param].default == getattr(cell, field), (name, field)
 
 
@@ -231,9 +231,9 @@ def long_tail_split() -> Split:
     return Split(x[keep], y[keep])  # 4 images of each tail class, 20 of each head class
 
 
-@pytest.mark.parametrize("name", AUGMENTS.names())
+@pytest.mark.parametrize("name", REMEDIES.names())
 def test_every_remedy_trains_end_to_end(name, long_tail_split):
-    remedy = make_augment(name, long_tail_split.y, tail_classes=(0, 1, 2, 3, 4), sigma=0.05,
+    remedy = make_remedy(name, long_tail_split.y, tail_classes=(0, 1, 2, 3, 4), sigma=0.05,
                           num_classes=10)
     # ldam-drw's network has a cosine head (s * cos): the same lr as the others trains it
     model = build_model("cnn", 10, 0, CPU, remedy.cosine_scale)
@@ -255,7 +255,7 @@ def test_every_remedy_trains_end_to_end(name, long_tail_split):
 
 
 def test_packed_training_refuses_a_remedy_with_its_own_loss(long_tail_split):
-    remedy = make_augment("reweight", long_tail_split.y, num_classes=10)
+    remedy = make_remedy("reweight", long_tail_split.y, num_classes=10)
     member = Member(long_tail_split, long_tail_split, seed=0, augment=remedy)
     with pytest.raises(ValueError, match="remedy reweight trains with its own loss"):
         fit_packed("cnn", [build_model("cnn", 10, 0, CPU)], [member], epochs=1)

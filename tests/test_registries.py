@@ -14,7 +14,7 @@ import pytest
 
 from benchmark.cells import CHOICES
 from benchmark.data import SOURCES, resolve_name
-from benchmark.data.augment import AUGMENTS
+from benchmark.data.augment import REMEDIES
 from benchmark.data.variants import VARIANTS
 from benchmark.losses import LOSSES
 from benchmark.models import CHANNELS_LAST, MODELS
@@ -120,9 +120,9 @@ def test_temporarily_registers_inside_the_block(shapes):
 # ---- the registries -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("registry, kind", [(MODELS, "model"), (VARIANTS, "variant"),
-                                            (AUGMENTS, "augmentation"), (SOURCES, "dataset"),
+                                            (REMEDIES, "remedy"), (SOURCES, "dataset"),
                                             (LOSSES, "loss")],
-                         ids=["models", "variants", "augments", "sources", "losses"])
+                         ids=["models", "variants", "remedies", "sources", "losses"])
 def test_every_registry_is_one_registry_type(registry, kind):
     assert isinstance(registry, Registry) and registry.kind == kind and registry.names()
     message = f"unknown {kind} 'nope'; choose one of {', '.join(registry)}"
@@ -133,7 +133,7 @@ def test_every_registry_is_one_registry_type(registry, kind):
 def test_the_registries_keep_their_names_and_order():
     assert list(MODELS) == ["cnn", "rnn", "resnet50", "resnet32"]
     assert list(VARIANTS) == ["balanced", "long-tail", "exp"]
-    assert list(AUGMENTS) == ["none", "oversample", "flip+noise", "reweight", "logit-adjust",
+    assert list(REMEDIES) == ["none", "oversample", "flip+noise", "reweight", "logit-adjust",
                              "balanced-softmax", "ldam-drw"]
     assert list(LOSSES) == ["cross-entropy", "class-balanced", "logit-adjusted",
                             "balanced-softmax", "ldam-drw"]
@@ -156,4 +156,4 @@ def test_auto_is_a_rule_not_a_source(tmp_path: Path):
 
 
 def test_the_cell_checks_its_names_against_the_registries():
-    assert CHOICES == {"model": MODELS, "variant": VARIANTS, "augment": AUGMENTS}
+    assert CHOICES == {"model": MODELS, "variant": VARIANTS, "remedy": REMEDIES}

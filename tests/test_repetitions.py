@@ -93,7 +93,7 @@ def test_weights_batch_order_and_oversampling_draws_follow_the_repetition(data, 
     assert not torch.equal(*w)
     # ... and fit's generator, which draws the batch order and the oversampling
     prep = repetitions.prepare(CELL, data, CPU, 0)
-    plans = [prep.augment.plan(torch.Generator().manual_seed(s)) for s in expected[:2]]
+    plans = [prep.remedy.plan(torch.Generator().manual_seed(s)) for s in expected[:2]]
     assert plans[0].synthetic.sum() > 0
     assert not torch.equal(plans[0].index, plans[1].index)  # other tail images copied
     orders = [torch.randperm(100, generator=torch.Generator().manual_seed(s))
@@ -114,7 +114,7 @@ def test_a_recorder_that_keeps_no_files_gets_no_figures_drawn(data, monkeypatch)
             asked.append(path)
             super().log_files(write, path)
 
-    cell = dataclasses.replace(CELL, variant="balanced", augment="none", epochs=2,
+    cell = dataclasses.replace(CELL, variant="balanced", remedy="none", epochs=2,
                                batch_size=8, lr=0.05)  # learns in two epochs (test_train)
     assert repetitions.run_repetition(cell, [cell], data, Spy(), 0, CPU)
     assert asked == [None] and drawn == []
@@ -154,4 +154,4 @@ def test_an_exp_cell_cuts_by_its_protocol_and_oversamples_its_own_tail(data):
     preps = [repetitions.prepare(cell, data, CPU, r) for r in (0, 1)]
     assert [p.counts for p in preps] == [[50, 38, 29, 23, 17, 13, 10, 8, 6, 5]] * 2
     assert not torch.equal(preps[0].data.train_x, preps[1].data.train_x)
-    assert preps[0].augment.added == 500 - 199
+    assert preps[0].remedy.added == 500 - 199

@@ -229,7 +229,7 @@ def test_write_repetition_artifacts(tmp_path):
 def spec(model, variant, augment, table=None, ref=None, seeds=3):
     name = f"{model} · {variant} · {augment}"
     return {"key": name.replace(" · ", "-"), "name": name, "model": model, "variant": variant,
-            "augment": augment, "table": table, "reference": ref or {}, "seeds": seeds}
+            "remedy": augment, "table": table, "reference": ref or {}, "seeds": seeds}
 
 
 EXPECTED = [
@@ -248,7 +248,7 @@ def rep(cell, r, train=0.9, test=0.7, head=0.7, tail=0.7, outcome="ok", reason="
         status="FINISHED", dataset="cifar10", profile="quick"):
     """One repetition's row of the results table, as tracking.results.load_results writes it;
     every class's accuracy is its part's (head or tail) accuracy."""
-    row = {"model": cell["model"], "variant": cell["variant"], "augment": cell["augment"],
+    row = {"model": cell["model"], "variant": cell["variant"], "remedy": cell["remedy"],
            "epochs": 6, "dataset": dataset, "profile": profile, "seeds": cell["seeds"],
            "seed": 0, "cell_key": cell["key"], "cell_name": cell["name"], "repetition": r,
            "rep_seed": 1000 + r, "status": status, "outcome": outcome, "reason": reason,

@@ -23,7 +23,7 @@ from studies.tune import study_name
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 TRIALS = 5  # trial 0 the cell's own values, 1-2 random start-up points, 3-4 TPE's model
-GRID = ('[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\naugment = "none"\nepochs = 4\n'
+GRID = ('[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\nremedy = "none"\nepochs = 4\n'
         'batch_size = 8\nlr = 0.05\nimbalance_ratio = 2\nseed = 7\n')
 
 

@@ -74,7 +74,7 @@ def test_a_cell_is_a_top_level_run_with_its_repetitions_nested(store, data):
     # one row per cell in the runs table: no parent above the cells, no invocation runs
     assert "tags.mlflow.parentRunId" not in cells or cells["tags.mlflow.parentRunId"].isna().all()
     assert not len(runs_of(store, "invocation"))
-    cnn = cells[cells["tags.augment"] == "none"].iloc[0]
+    cnn = cells[cells["tags.remedy"] == "none"].iloc[0]
     assert cnn["tags.cell_key"] == CELLS[0].key and cnn["params.epochs"] == "2"
     assert cnn["tags.invocation"] and cnn["tags.seeds"] == "2" and "params.seeds" not in cnn
     # the tail classes are a param of the cell (a Cell field), no longer a tag beside it
@@ -109,19 +109,19 @@ def test_a_cell_is_a_top_level_run_with_its_repetitions_nested(store, data):
     figures = {a.path for a in client.list_artifacts(cnn["run_id"], "figures")}
     assert {"figures/mean_accuracy.png", "figures/mean_loss.png",
             "figures/per_class_accuracy_mean.png", "figures/reliability.png"} <= figures
-    oversampled = cells[cells["tags.augment"] == "flip+noise"].iloc[0]
+    oversampled = cells[cells["tags.remedy"] == "flip+noise"].iloc[0]
     flip = reps[reps["tags.mlflow.parentRunId"] == oversampled["run_id"]].iloc[0]
-    assert "adds" in flip["tags.augment_note"]
+    assert "adds" in flip["tags.remedy_note"]
 
 
 def test_a_loss_remedy_cell_runs_and_its_repetition_names_the_loss(store, data):
     # the weighted loss learns slower than plain cross-entropy: 2 epochs collapse (seen)
-    cell = dataclasses.replace(CELLS[1], augment="reweight", epochs=4)
+    cell = dataclasses.replace(CELLS[1], remedy="reweight", epochs=4)
     assert [o.status for o in run(store, data, cells=[cell])] == ["finished"]
     reps = runs_of(store, "repetition")
-    assert len(reps) == 1 and reps.iloc[0]["tags.augment_note"] == \
+    assert len(reps) == 1 and reps.iloc[0]["tags.remedy_note"] == \
         "no oversampling; loss class-balanced (beta 0.9999)"
-    assert cell_runs(store).iloc[0]["params.augment"] == "reweight"
+    assert cell_runs(store).iloc[0]["params.remedy"] == "reweight"
     assert cell_runs(store).iloc[0]["params.cb_beta"] == "0.9999"
     assert reps.iloc[0]["params.final_cb_beta"] == "0.9999"  # tuned nothing: the cell's own
 
@@ -245,7 +245,7 @@ def test_a_collapsed_final_fit_falls_back_to_the_runner_up(store, data, monkeypa
 def test_the_results_table_round_trips_through_parquet(store, data, tmp_path):
     run(store, data)
     df = load_results(store)
-    assert len(df) == 3 and list(df.columns[:3]) == ["model", "variant", "augment"]
+    assert len(df) == 3 and list(df.columns[:3]) == ["model", "variant", "remedy"]
     row = df[(df["model"] == "cnn") & (df["repetition"] == 1)].iloc[0]
     assert row["seeds"] == 2 and row["epochs"] == 2 and row["lr"] == 0.05
     assert row["rep_seed"] == CELLS[0].repetition_seed(1) and row["outcome"] == "ok"
@@ -264,7 +264,7 @@ def test_cli_refuses_a_bad_grid_before_loading_any_data(tmp_path, monkeypatch, c
 
     monkeypatch.setattr(data_pkg, "load_dataset", lambda *a, **k: pytest.fail("data was read"))
     grid = tmp_path / "bad.toml"
-    grid.write_text('[[cell]]\nmodel = "vgg16"\nvariant = "balanced"\naugment = "none"\n'
+    grid.write_text('[[cell]]\nmodel = "vgg16"\nvariant = "balanced"\nremedy = "none"\n'
                     'epochs = 1\n')
     assert main(["run", "--grid", str(grid), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
     err = capsys.readouterr().err

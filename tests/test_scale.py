@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 # batch 8: the cnn learns the learnable images in two epochs (a fit that does not learn is
 # not a result, and its cell would end FAILED)
-GRID = ('[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\naugment = "none"\nepochs = {epochs}\n'
+GRID = ('[[cell]]\nmodel = "cnn"\nvariant = "long-tail"\nremedy = "none"\nepochs = {epochs}\n'
         'batch_size = 8\nlr = 0.05\nimbalance_ratio = 2\nseed = {seed}\n')
 # a cell (key, study) of its own per test, on fresh services; fixed seeds, so a run of this
 # module trains the same cells every time (42 seeds checked: this cell learns in 3 epochs)

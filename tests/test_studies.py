@@ -66,12 +66,12 @@ def test_space_is_valid_cell_fields_and_sigma_is_searched_only_for_flip_noise():
     # one parameter its paper tunes, starting from the paper's value
     for remedy, extra in (("oversample", []), ("balanced-softmax", []), ("reweight", ["cb_beta"]),
                           ("logit-adjust", ["la_tau"]), ("ldam-drw", ["ldam_margin"])):
-        cell = dataclasses.replace(OVERSAMPLED, augment=remedy)
+        cell = dataclasses.replace(OVERSAMPLED, remedy=remedy)
         assert [p.name for p in searched(cell)] == ["lr", *extra]
         assert starting_point(cell) == {"lr": 0.05, **{k: getattr(cell, k) for k in extra}}
     # cb_beta is drawn from Cui et al.'s grid, never in between
     beta = next(p for p in SPACE if p.name == "cb_beta")
-    cell = dataclasses.replace(OVERSAMPLED, augment="reweight")
+    cell = dataclasses.replace(OVERSAMPLED, remedy="reweight")
     drawn = suggest(optuna.trial.FixedTrial({"lr": 0.1, "cb_beta": 0.999}), cell)
     assert drawn == {"lr": 0.1, "cb_beta": 0.999}
     assert beta.contains(0.99) and not beta.contains(0.995)
@@ -106,13 +106,13 @@ def test_validation_split_is_disjoint_from_training_and_stratified(data):
 
 def test_two_cell_study_nests_trials_marks_pruned_and_records_best(tmp_path, data, monkeypatch):
     seen_labels = []
-    real = objective_mod.make_augment
+    real = objective_mod.make_remedy
 
     def spy(name, labels, **kw):  # the oversampler must see the training part only
         seen_labels.append(len(labels))
         return real(name, labels, **kw)
 
-    monkeypatch.setattr(objective_mod, "make_augment", spy)
+    monkeypatch.setattr(objective_mod, "make_remedy", spy)
     store = store_at(tmp_path)
     # a space where batch-8 SGD neither diverges nor stalls: only the pruner stops trials
     space = (Param("lr", 0.02, 0.1, log=True), SPACE[1])
@@ -122,7 +122,7 @@ def test_two_cell_study_nests_trials_marks_pruned_and_records_best(tmp_path, dat
                                device=CPU, tuning=tuning)
     assert [o.status for o in outcomes] == ["finished", "finished"], outcomes
     client = MlflowClient(store.uri)
-    cells = {r.data.tags["augment"]: r for r in runs_of(client, store, "cell")}
+    cells = {r.data.tags["remedy"]: r for r in runs_of(client, store, "cell")}
     trials = runs_of(client, store, "trial")
     assert len(trials) == 6
     for augment, cell in zip(("none", "flip+noise"), (PLAIN, OVERSAMPLED), strict=True):

@@ -1,13 +1,13 @@
 """The protocols (long-tail = step, exp), stratified selections and flip+noise oversampling.
 
-The tests parametrized over VARIANTS.names() and AUGMENTS.names() run for every entry, a new
+The tests parametrized over VARIANTS.names() and REMEDIES.names() run for every entry, a new
 one included."""
 
 import pytest
 import torch
 
 from benchmark.data import DataError, Dataset
-from benchmark.data.augment import AUGMENTS, FlipNoise, NoAugment, batches, make_augment
+from benchmark.data.augment import REMEDIES, FlipNoise, NoAugment, batches, make_remedy
 from benchmark.data.sampling import stratified_split, stratified_subset
 from benchmark.data.variants import (
     VARIANTS,
@@ -106,7 +106,7 @@ def test_exp_fixes_its_tail_and_oversampling_fills_it_to_the_largest_class():
         make_variant(dataset(), "exp", tail_classes=TAIL, ratio=100)
     y = labels(100)[exp_indices(labels(100), ratio=100, seed=0)]  # 242 images: 100 ... 1
     for name in ("oversample", "flip+noise"):
-        aug = make_augment(name, y, tail_classes=exp_tail(10), sigma=0.1, num_classes=10)
+        aug = make_remedy(name, y, tail_classes=exp_tail(10), sigma=0.1, num_classes=10)
         assert aug.added == 1000 - 242
         plan = aug.plan(torch.Generator().manual_seed(0))
         assert class_counts(y[plan.index], 10) == [100] * 10
@@ -230,7 +230,7 @@ def test_an_epochs_batches_hold_the_shuffled_samples_with_the_added_copies_last(
 
 
 def test_oversampling_a_balanced_set_adds_nothing_and_says_so():
-    aug = make_augment("flip+noise", labels(100), tail_classes=TAIL, sigma=0.05)
+    aug = make_remedy("flip+noise", labels(100), tail_classes=TAIL, sigma=0.05)
     assert aug.added == 0 and "adds nothing" in aug.note
     plan = aug.plan(torch.Generator().manual_seed(0))
     assert len(plan.index) == 1000 and not plan.synthetic.any()
@@ -243,10 +243,10 @@ def _long_tail_labels() -> torch.Tensor:
     return labels(100)[long_tail_indices(labels(100), tail_classes=TAIL, ratio=10, seed=0)]
 
 
-@pytest.mark.parametrize("name", AUGMENTS.names())
+@pytest.mark.parametrize("name", REMEDIES.names())
 def test_every_augmentation_plans_stored_images_and_keeps_the_originals(name):
     y = _long_tail_labels()
-    aug = make_augment(name, y, tail_classes=TAIL, sigma=0.1, num_classes=10)
+    aug = make_remedy(name, y, tail_classes=TAIL, sigma=0.1, num_classes=10)
     plan = aug.plan(torch.Generator().manual_seed(0))
     assert plan.index.dtype == torch.int64 and plan.synthetic.dtype == torch.bool
     assert plan.index.shape == plan.synthetic.shape == (len(y) + aug.added,)
@@ -255,10 +255,10 @@ def test_every_augmentation_plans_stored_images_and_keeps_the_originals(name):
     assert isinstance(aug.note, str) and aug.note
 
 
-@pytest.mark.parametrize("name", AUGMENTS.names())
+@pytest.mark.parametrize("name", REMEDIES.names())
 def test_every_augmentation_stays_in_the_pixel_range(name):
     y = _long_tail_labels()
-    aug = make_augment(name, y, tail_classes=TAIL, sigma=0.5, num_classes=10)
+    aug = make_remedy(name, y, tail_classes=TAIL, sigma=0.5, num_classes=10)
     gen = torch.Generator().manual_seed(1)
     plan = aug.plan(gen)
     x = torch.rand(len(plan.index), 3, 8, 8, generator=torch.Generator().manual_seed(2))
@@ -268,10 +268,10 @@ def test_every_augmentation_stays_in_the_pixel_range(name):
     assert torch.equal(out[~plan.synthetic], x[~plan.synthetic])  # originals as they are
 
 
-@pytest.mark.parametrize("name", AUGMENTS.names())
+@pytest.mark.parametrize("name", REMEDIES.names())
 def test_every_augmentation_is_determined_by_its_generator(name):
     y = _long_tail_labels()
-    aug = make_augment(name, y, tail_classes=TAIL, sigma=0.1, num_classes=10)
+    aug = make_remedy(name, y, tail_classes=TAIL, sigma=0.1, num_classes=10)
     runs = []
     for _ in range(2):
         gen = torch.Generator().manual_seed(5)
@@ -281,10 +281,10 @@ def test_every_augmentation_is_determined_by_its_generator(name):
     assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
 
 
-def test_unknown_augment_and_negative_sigma_are_refused():
-    with pytest.raises(ValueError, match="unknown augmentation 'mixup'; choose one of none, "
+def test_unknown_remedy_and_negative_sigma_are_refused():
+    with pytest.raises(ValueError, match="unknown remedy 'mixup'; choose one of none, "
                                          r"oversample, flip\+noise, reweight"):
-        make_augment("mixup", labels(10))
+        make_remedy("mixup", labels(10))
     with pytest.raises(DataError, match="sigma must be >= 0"):
-        make_augment("flip+noise", labels(10), tail_classes=TAIL, sigma=-1.0)
-    assert isinstance(make_augment("none", labels(10)), NoAugment)
+        make_remedy("flip+noise", labels(10), tail_classes=TAIL, sigma=-1.0)
+    assert isinstance(make_remedy("none", labels(10)), NoAugment)

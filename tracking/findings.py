@@ -78,7 +78,7 @@ class CellResult:
 
     @property
     def slot(self) -> tuple[str, str, str]:
-        return self.spec["model"], self.spec["variant"], self.spec["augment"]
+        return self.spec["model"], self.spec["variant"], self.spec["remedy"]
 
     def values(self, metric: str) -> np.ndarray:
         """The metric of every repetition that counts (NaN where it was not logged)."""
@@ -222,7 +222,7 @@ REFERENCE_REMEDIES = {"none", "flip+noise"}  # the reference's own: the findings
 
 def has_remedies(cells: list[CellResult]) -> bool:
     """Whether the run holds a remedy beyond the reference's none and flip+noise."""
-    return any(c.spec["augment"] not in REFERENCE_REMEDIES for c in cells)
+    return any(c.spec["remedy"] not in REFERENCE_REMEDIES for c in cells)
 
 
 def tail_metric(control: CellResult) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.data.augment import AUGMENTS
+from benchmark.data.augment import REMEDIES
 from benchmark.metrics import class_metric_names
 from benchmark.stats import MINUS
 from tracking import plots
@@ -198,11 +198,11 @@ def _verdict(v) -> tuple[str, str]:
 
 
 def tuned_text(cell: CellResult) -> str:
-    """The loss parameter the remedy's study searches (AUGMENTS' `tuned`) as its repetitions
+    """The loss parameter the remedy's study searches (REMEDIES' `tuned`) as its repetitions
     trained with it (final_<name>), e.g. 'cb_beta 0.999'; several values when runners-up
     trained some; '—' for none. (ldam-drw's fixed cb_beta is not shown.)"""
-    remedy = cell.spec["augment"]
-    tuned = AUGMENTS.meta(remedy).get("tuned", ()) if remedy in AUGMENTS else ()
+    remedy = cell.spec["remedy"]
+    tuned = REMEDIES.meta(remedy).get("tuned", ()) if remedy in REMEDIES else ()
     parts = []
     for name in (n for n in TUNED_LOSS if n in tuned):
         values = sorted({float(v) for v in cell.values(f"final_{name}") if not math.isnan(v)})

@@ -64,6 +64,7 @@ def _typed(name: str, text: str | None):
 
 def _cell_fields(cell_run) -> dict:
     params, tags = cell_run.data.params, cell_run.data.tags
+    params = {"remedy": params.get("augment"), **params}  # layout 3 or older: "augment"
     out = {n: _typed(n, params.get(n)) for n in CELL_FIELDS if n != "seeds"}
     out["seeds"] = int(tags.get("seeds", 1))
     return out
@@ -124,7 +125,7 @@ def load_results(store: Store) -> pd.DataFrame:
 
 def invocation_cells(store: Store, invocation: str) -> list[dict]:
     """The cells one `tailbench run` trained or found finished, in its grid's order, as the
-    report's specs (key, name, model, variant, augment, seeds, table, reference), read from
+    report's specs (key, name, model, variant, remedy, seeds, table, reference), read from
     their cell runs' tags: nothing is derived again from command-line flags."""
     tag = f"invocation.{invocation}"
     cells: dict[str, object] = {}
@@ -136,7 +137,9 @@ def invocation_cells(store: Store, invocation: str) -> list[dict]:
         t = run.data.tags
         specs.append({"key": t.get("cell_key", ""), "name": t.get("cell_name", ""),
                       "model": t.get("model", ""), "variant": t.get("variant", ""),
-                      "augment": t.get("augment", ""), "seeds": int(t.get("seeds", 1)),
+                      # a run of cell layout 3 or older tagged its remedy "augment"
+                      "remedy": t.get("remedy", t.get("augment", "")),
+                      "seeds": int(t.get("seeds", 1)),
                       "table": int(t["table"]) if "table" in t else None,
                       "reference": {k.removeprefix("reference_"): float(v) for k, v in t.items()
                                     if k.startswith("reference_")}})

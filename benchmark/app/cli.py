@@ -112,8 +112,9 @@ def _run_parser(sub) -> None:
     p.add_argument("--profile", default="quick", help="paper (reference epochs, full data) "
                    "or quick (small data and epochs, for a CPU)")
     _data_args(p)
-    for name in ("model", "variant", "augment"):
-        p.add_argument(f"--{name}", action="append", default=[],
+    for name in ("model", "variant", "remedy"):
+        old = ["--augment"] if name == "remedy" else []  # the remedy axis's name until layout 4
+        p.add_argument(f"--{name}", *old, action="append", default=[], dest=name,
                        help=f"run only cells with this {name} (repeatable)")
     p.add_argument("--force", action="store_true", help="re-run cells that finished before")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
@@ -148,7 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tracking.store import Store
 
     launcher = launchers.launcher(args)  # bad --slurm-* options, unshareable stores stop here
-    filters = {"model": args.model, "variant": args.variant, "augment": args.augment}
+    filters = {"model": args.model, "variant": args.variant, "remedy": args.remedy}
     entries = expand(args.grid, args.profile, args.dataset, filters, _overrides(args))
     if not entries:
         raise UserError(f"no cell of grid {args.grid!r} matches {filters}")

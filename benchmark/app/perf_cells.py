@@ -41,7 +41,7 @@ def quick_cell(ctx: Context) -> Cell:
     of OVERHEAD_TRIALS trials, not its 8 (trials train far more than they record, so the
     share is larger than a full cell's); with --quick one tiny repetition of one epoch."""
     cell = next(e.cell for e in expand("full", "quick", ctx.data.source)
-                if (e.cell.model, e.cell.variant, e.cell.augment) == ("cnn", "long-tail", "none"))
+                if (e.cell.model, e.cell.variant, e.cell.remedy) == ("cnn", "long-tail", "none"))
     cell = dataclasses.replace(cell, trials=OVERHEAD_TRIALS, seed=ctx.seed)
     if ctx.sizes["batch"] < 256:  # --quick
         cell = dataclasses.replace(cell, epochs=1, seeds=1, train_limit=300, test_limit=100)

@@ -17,7 +17,7 @@ import torch
 
 from benchmark.cells import Cell
 from benchmark.data import Dataset
-from benchmark.data.augment import NoAugment, make_augment
+from benchmark.data.augment import NoAugment, make_remedy
 from benchmark.data.variants import class_counts, make_variant
 from benchmark.metrics import cell_metrics
 from benchmark.recording import Recorder
@@ -54,7 +54,7 @@ class Prepared:
     data: Dataset
     train: Split
     test: Split
-    augment: NoAugment
+    remedy: NoAugment  # the cell's remedy: its epoch plan (oversampling) and its loss
     counts: list[int]
 
 
@@ -70,8 +70,8 @@ def cut(cell: Cell, data: Dataset, repetition: int = 0) -> Dataset:
                         ratio=cell.imbalance_ratio)
 
 
-def _augment(cell: Cell, train: Split, num_classes: int) -> NoAugment:
-    return make_augment(cell.augment, train.y, num_classes=num_classes, **cell.remedy_kwargs())
+def _remedy(cell: Cell, train: Split, num_classes: int) -> NoAugment:
+    return make_remedy(cell.remedy, train.y, num_classes=num_classes, **cell.remedy_kwargs())
 
 
 def prepare(cell: Cell, data: Dataset, device: torch.device, repetition: int = 0) -> Prepared:
@@ -79,14 +79,14 @@ def prepare(cell: Cell, data: Dataset, device: torch.device, repetition: int = 0
     data = cut(cell, data, repetition)
     train = Split(data.train_x.to(device), data.train_y.to(device))
     return Prepared(data, train, Split(data.test_x.to(device), data.test_y.to(device)),
-                    _augment(cell, train, data.num_classes),
+                    _remedy(cell, train, data.num_classes),
                     class_counts(data.train_y, data.num_classes))
 
 
 def _record_repetition(run: Recorder, prep: Prepared) -> None:
     d = prep.data
     run.set_tags({"class_counts": tag_json(dict(zip(d.classes, prep.counts, strict=True))),
-                  "augment_note": prep.augment.note})
+                  "remedy_note": prep.remedy.note})
     counts = {"class_counts": tag_json(prep.counts), "train_images": str(len(prep.train.y))}
     run.log_dataset(d.source, d.digest, d.path, "train", counts)
     run.log_dataset(d.source, d.digest, d.path, "test", {"test_images": str(len(prep.test.y))})
@@ -103,12 +103,12 @@ def _final_fit(candidates: list[Cell], prep: Prepared, run: Recorder, seed: int,
     for attempt, tuned in enumerate(candidates[:FINAL_TRIES], 1):
         start = time.perf_counter()
         # the oversampler of this candidate's sigma (cheap: class counts, no images)
-        prep = dataclasses.replace(prep, augment=_augment(tuned, prep.train, num_classes))
-        model = build_model(tuned.model, num_classes, seed, device, prep.augment.cosine_scale)
+        prep = dataclasses.replace(prep, remedy=_remedy(tuned, prep.train, num_classes))
+        model = build_model(tuned.model, num_classes, seed, device, prep.remedy.cosine_scale)
         try:
             history = fit(model, prep.train, prep.test, epochs=tuned.epochs,
                           batch_size=tuned.batch_size, lr=tuned.lr, seed=seed,
-                          augment=prep.augment, progress=progress, precision=tuned.precision)
+                          augment=prep.remedy, progress=progress, precision=tuned.precision)
             # the last epoch's test evaluation is the final weights' (fit trains no further)
             final = history.last_test or evaluate(model, prep.test, tuned.batch_size,
                                                   tuned.precision)

@@ -67,7 +67,7 @@ def _record_cell(run: Recorder, cell: Cell, data: Dataset, device: torch.device,
     is a tag; the tail classes among them) and tags."""
     run.log_params({k: v for k, v in cell.params().items() if k not in REPETITION_FIELDS})
     run.set_tags({"cell_key": cell.key, "cell_name": cell.name, "model": cell.model,
-                  "variant": cell.variant, "augment": cell.augment, "dataset": data.source,
+                  "variant": cell.variant, "remedy": cell.remedy, "dataset": data.source,
                   "profile": cell.profile, "seeds": cell.seeds, "device": str(device),
                   "torch_version": torch.__version__, "git_commit": git_commit(),
                   "classes": tag_json(list(data.classes)), **tags})

@@ -1,11 +1,11 @@
-"""The remedies (the cell's `augment` axis): what an epoch trains on, and with which loss.
+"""The remedies (the cell's `remedy` axis): what an epoch trains on, and with which loss.
 
 A remedy is a sampler (`plan`: which stored images an epoch holds, added copies included;
 `apply`: what is done to the copies) and a loss (`loss`, from benchmark.losses, built from
 the training set's class counts before oversampling). `none` is the training set with plain
 cross-entropy; `oversample` and `flip+noise` add tail copies (plain repeats; flipped and
 noisy); `reweight`, `logit-adjust`, `balanced-softmax` and `ldam-drw` keep the set and change
-the loss. (The axis keeps the name `augment` in cells, keys and runs until it is renamed.)
+the loss. (The axis was called `augment` until cell layout 4; the module keeps that name.)
 
 Why oversampling draws fresh each epoch: the added images are new draws every epoch (a
 different tail image, flip and noise), which is what oversampling by augmentation means, and
@@ -54,10 +54,10 @@ def batches(plan: EpochPlan, order: torch.Tensor, batch_size: int
 # sigma=True when it reads Cell.sigma (what the search space tunes it for), loss_params:
 # {Cell field: the loss's parameter} it reads, tuned: those of them its study searches (the
 # one the paper tunes; the rest stay at the cell's value).
-AUGMENTS: Registry[type[NoAugment]] = Registry("augmentation")
+REMEDIES: Registry[type[NoAugment]] = Registry("remedy")
 
 
-@AUGMENTS.register("none", oversamples=False, sigma=False)
+@REMEDIES.register("none", oversamples=False, sigma=False)
 class NoAugment:
     """The training set as it is, with plain cross-entropy."""
 
@@ -84,7 +84,7 @@ class NoAugment:
         return x
 
 
-@AUGMENTS.register("oversample", oversamples=True, sigma=False)
+@REMEDIES.register("oversample", oversamples=True, sigma=False)
 class Oversample(NoAugment):
     """Random oversampling: each tail class is filled up to the head classes' mean count with
     random images of its class, repeated as they are (the control for flip+noise: what
@@ -120,7 +120,7 @@ class Oversample(NoAugment):
                          torch.cat([base.synthetic, torch.ones_like(extra_idx, dtype=torch.bool)]))
 
 
-@AUGMENTS.register("flip+noise", oversamples=True, sigma=True)
+@REMEDIES.register("flip+noise", oversamples=True, sigma=True)
 class FlipNoise(Oversample):
     """Oversample each tail class up to the head classes' mean count; every added image is a
     random image of its class, flipped left-right with probability 1/2, plus N(0, sigma^2)
@@ -160,7 +160,7 @@ class LossRemedy(NoAugment):
         self.note = f"no oversampling; loss {self.loss_name}" + (f" ({params})" if params else "")
 
 
-@AUGMENTS.register("reweight", oversamples=False, sigma=False,
+@REMEDIES.register("reweight", oversamples=False, sigma=False,
                    loss_params={"cb_beta": "beta"}, tuned=("cb_beta",))
 class Reweight(LossRemedy):
     """Class-balanced loss by effective number (Cui et al. 2019): cross-entropy weighted by
@@ -169,7 +169,7 @@ class Reweight(LossRemedy):
     name, loss_name = "reweight", "class-balanced"
 
 
-@AUGMENTS.register("logit-adjust", oversamples=False, sigma=False,
+@REMEDIES.register("logit-adjust", oversamples=False, sigma=False,
                    loss_params={"la_tau": "tau"}, tuned=("la_tau",))
 class LogitAdjust(LossRemedy):
     """Logit-adjusted loss (Menon et al. 2021): cross-entropy of z_c + tau * log pi_c."""
@@ -177,14 +177,14 @@ class LogitAdjust(LossRemedy):
     name, loss_name = "logit-adjust", "logit-adjusted"
 
 
-@AUGMENTS.register("balanced-softmax", oversamples=False, sigma=False)
+@REMEDIES.register("balanced-softmax", oversamples=False, sigma=False)
 class BalancedSoftmax(LossRemedy):
     """Balanced softmax (Ren et al. 2020): cross-entropy of z_c + log n_c."""
 
     name, loss_name = "balanced-softmax", "balanced-softmax"
 
 
-@AUGMENTS.register("ldam-drw", oversamples=False, sigma=False,
+@REMEDIES.register("ldam-drw", oversamples=False, sigma=False,
                    loss_params={"ldam_margin": "max_margin", "ldam_s": "s", "cb_beta": "beta",
                                 "drw_defer": "defer"}, tuned=("ldam_margin",))
 class LdamDrw(LossRemedy):
@@ -201,9 +201,9 @@ class LdamDrw(LossRemedy):
         self.note += "; cosine head"
 
 
-def make_augment(name: str, labels: torch.Tensor, **kwargs) -> NoAugment:
+def make_remedy(name: str, labels: torch.Tensor, **kwargs) -> NoAugment:
     """The remedy `name` for these training labels; an unknown name raises, listing the
     choices. Every remedy takes (labels, tail_classes=, sigma=, loss_params=, num_classes=),
     a cell's as `**cell.remedy_kwargs()`; give num_classes: without it a loss counts a class
     above the largest label as one image."""
-    return AUGMENTS[name](labels, **kwargs)
+    return REMEDIES[name](labels, **kwargs)
