@@ -46,7 +46,7 @@ def speeds(ctx: Context) -> list[Row]:
     cores = os.cpu_count() or 1
     if ctx.device.type != "cpu" or cores < 2:
         return []  # on a GPU the workers are one per GPU; one core has nothing to split
-    batches = load_profile("quick")["batch_size"]
+    batches = {m: b for m, b in load_profile("quick")["batch_size"].items() if m in ctx.sizes}
     rows, most = [], max(ctx.sizes[m] for m in batches)
     pool = multiprocessing.get_context("spawn").Pool(
         cores, initializer=_start, initargs=(ctx.data.train_x[:most], ctx.data.train_y[:most], 1))
