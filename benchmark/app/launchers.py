@@ -106,7 +106,8 @@ class Local:
         """How many worker processes: as asked; by default one per GPU, else 1; `auto`: one
         per GPU, else one per CPU core (each with one torch thread) up to CPU_WORKERS, and
         no more than the cells. On this project's 2-core CPU, two one-thread workers train
-        1.2-1.75x the images of one two-thread process (`make perf`'s workers rows)."""
+        1.2-1.75x the images of one two-thread process (a quiet side-by-side probe; `make
+        perf`'s workers rows time it)."""
         if isinstance(asked, int):
             return asked
         if resolve_device(plan.device).type == "cuda":
