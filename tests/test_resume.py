@@ -41,9 +41,13 @@ class Cell:
                      self.uri]
 
     def start(self) -> subprocess.Popen:
+        # SIGINT as a terminal's foreground command has it: a command started in the
+        # background of a shell without job control (a CI script's `cmd &`) inherits it
+        # ignored, and Python then installs no KeyboardInterrupt for it
         return subprocess.Popen([sys.executable, "-m", "benchmark.app.cli", *self.args],
                                 cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)},
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def run(self) -> str:
         proc = self.start()
