@@ -40,6 +40,11 @@ class Recorder(Protocol):
     def log_model(self, model: nn.Module, example: torch.Tensor,
                   tags: dict[str, object]) -> None: ...
 
+    def flush(self) -> None:
+        """Wait until what was logged so far is in the store (writes may be asynchronous);
+        raise what failed. Ending a run flushes it."""
+        ...
+
     def end(self, status: str) -> None: ...
 
     def end_lost(self, run_ids: list[str], reason: str) -> None: ...
@@ -80,6 +85,9 @@ class NullRunLog:
 
     def log_model(self, model: nn.Module, example: torch.Tensor,
                   tags: dict[str, object]) -> None:
+        pass
+
+    def flush(self) -> None:
         pass
 
     def end(self, status: str) -> None:

@@ -143,6 +143,9 @@ def test_whole_cell_comparisons_time_tracking_and_count_pruned_epochs(ctx):
     assert overhead.ratio == statistics.median(r / w for r, w in overhead.runs) < 1
     assert overhead.met == (overhead.ratio <= 0.03)
     assert "2 trials" in overhead.note and "of 1 learned" in overhead.note
+    # the recording calls timed directly: some, and less than the whole cell
+    timed = float(overhead.note.split("timed directly: ")[1].split(" s")[0])
+    assert 0 < timed < overhead.baseline
     saving = perf_cells.pruning_saving(ctx)
     assert 0 < saving.tailbench <= saving.baseline == 3  # 3 trials of 1 epoch in --quick
     assert saving.ratio == saving.tailbench / saving.baseline

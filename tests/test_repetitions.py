@@ -101,13 +101,13 @@ def test_weights_batch_order_and_oversampling_draws_follow_the_repetition(data, 
     assert not torch.equal(*orders)
 
 
-def test_a_recorder_that_keeps_no_files_gets_no_figures_drawn(data, monkeypatch):
-    """NullRunLog is asked for the repetition's files and draws none (make perf counts the
-    figures as recording); the repetition learned, so its figures were due."""
+def test_a_recorder_that_keeps_no_files_gets_no_reports_written(data, monkeypatch):
+    """NullRunLog is asked for the repetition's files and writes none (make perf counts the
+    files as recording); the repetition learned, so its reports were due."""
     from benchmark.recording import NullRunLog
 
     drawn, asked = [], []
-    monkeypatch.setattr(repetitions, "write_repetition_artifacts", lambda *a: drawn.append(a))
+    monkeypatch.setattr(repetitions, "write_repetition_reports", lambda *a: drawn.append(a))
 
     class Spy(NullRunLog):
         def log_files(self, write, path=None):

@@ -23,7 +23,7 @@ from benchmark.metrics import (
     shot_groups,
 )
 from tracking import plots
-from tracking.artifacts import write_repetition_artifacts
+from tracking.artifacts import write_repetition_reports
 from tracking.findings import expected_cells
 from tracking.report import build_report, results_table, tuned_text
 
@@ -155,11 +155,6 @@ def test_normalize_rows_keeps_empty_rows_zero():
 
 # ---------------------------------------------------------------- figures
 
-def history(n: int = 5) -> list[dict]:
-    return [{"train_loss": 2 / (e + 1), "test_loss": 2.2 / (e + 1) + 0.1,
-             "train_acc": 0.3 + 0.1 * e, "test_acc": 0.25 + 0.08 * e} for e in range(n)]
-
-
 def predictions(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     y = np.repeat(np.arange(10), 50)
@@ -168,20 +163,19 @@ def predictions(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return y, np.where(right, y, rng.integers(0, 10, y.size))
 
 
-def test_every_single_cell_figure_renders():
+def test_the_confusion_figures_render():
     y, p = predictions()
     m = cell_metrics(y, p, CIFAR, TAIL)
     title = "cnn · long-tail · flip+noise"
-    figs = [plots.loss_curve(history(), title), plots.accuracy_curve(history(), title),
-            plots.confusion_figure(m.confusion, CIFAR, title),
+    figs = [plots.confusion_figure(m.confusion, CIFAR, title),
             plots.confusion_figure(m.confusion, CIFAR, title, normalized=True),
-            plots.per_class_accuracy_figure([m.scalars[n] for n in class_metric_names(CIFAR)],
-                                            CIFAR, TAIL, title)]
+            plots.confusion_figure(3 * m.confusion, CIFAR, title, normalized=True, pooled=3)]
+    assert figs[2].axes[0].get_title().endswith("3 repetitions summed")
     for fig in figs:
         assert title in fig.axes[0].get_title()
         assert fig.axes[0].get_xlabel() and fig.axes[0].get_ylabel()
         assert_readable_png(plots.png_bytes(fig))
-        # a repetition saves these uncropped (tight=False): all they write is on the canvas
+        # a cell saves these uncropped (tight=False): all they write is on the canvas
         assert_readable_png(plots.png_bytes(fig, tight=False))
         assert not text_off_canvas(fig), (fig.axes[0].get_title(), text_off_canvas(fig))
 
@@ -208,13 +202,12 @@ def test_cross_cell_figures_render():
     assert_readable_png(plots.png_bytes(bars))
 
 
-def test_write_repetition_artifacts(tmp_path):
+def test_write_repetition_reports(tmp_path):
     y, p = predictions()
     m = cell_metrics(y, p, CIFAR, TAIL)
-    write_repetition_artifacts(tmp_path, "cnn · long-tail · none", history(), m, CIFAR, TAIL)
+    write_repetition_reports(tmp_path, m, CIFAR)
     scalars = m.scalars
-    for name in ["loss", "accuracy", "confusion", "confusion_normalized", "per_class_accuracy"]:
-        assert_readable_png((tmp_path / "figures" / f"{name}.png").read_bytes())
+    assert not (tmp_path / "figures").exists()  # the cell draws them, over its repetitions
     report = json.loads((tmp_path / "reports" / "classification_report.json").read_text())
     assert report["airplane"]["support"] == 50
     assert "macro avg" in (tmp_path / "reports" / "classification_report.txt").read_text()

@@ -104,11 +104,14 @@ def test_a_cell_is_a_top_level_run_with_its_repetitions_nested(store, data):
     assert [m.step for m in client.get_metric_history(rep["run_id"], "test_acc")] == [1, 2]
     assert client.get_run(rep["run_id"]).inputs.dataset_inputs[0].dataset.digest == \
         ("ab" * 32)[:36]
-    assert {"figures", "reports"} <= {a.path for a in client.list_artifacts(rep["run_id"])}
+    # a repetition's reports; its figures are the cell's, drawn once over its repetitions
+    assert {a.path for a in client.list_artifacts(rep["run_id"])} == {"reports"}
+    assert len(json.loads(rep["tags.confusion"])) == 10
     assert len(client.get_run(rep["run_id"]).outputs.model_outputs) == 1  # its logged model
     figures = {a.path for a in client.list_artifacts(cnn["run_id"], "figures")}
     assert {"figures/mean_accuracy.png", "figures/mean_loss.png",
-            "figures/per_class_accuracy_mean.png", "figures/reliability.png"} <= figures
+            "figures/per_class_accuracy_mean.png", "figures/reliability.png",
+            "figures/confusion_normalized.png"} <= figures
     oversampled = cells[cells["tags.remedy"] == "flip+noise"].iloc[0]
     flip = reps[reps["tags.mlflow.parentRunId"] == oversampled["run_id"]].iloc[0]
     assert "adds" in flip["tags.remedy_note"]

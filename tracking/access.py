@@ -151,10 +151,11 @@ def explain(uri: str, e: BaseException) -> TrackingError:
 
 
 def where_full(uri: str, e: BaseException | None = None) -> str:
-    """The filesystem that filled up: the file a write failed on, else the store's own."""
+    """The filesystem that filled up: the file a write failed on (a copy's destination, its
+    second filename), else the store's own."""
     while e is not None:
-        if isinstance(e, OSError) and e.filename:
-            return mount_of(Path(e.filename))
+        if isinstance(e, OSError) and (e.filename2 or e.filename):
+            return mount_of(Path(e.filename2 or e.filename))
         e = e.__cause__ or e.__context__
     db = local_db(uri)
     return mount_of(db) if db else "the store's disk"

@@ -1,14 +1,14 @@
-"""The artifact folders of the runs: a repetition's figures and scikit-learn reports, and a
-cell's figures over its repetitions (mean curves with a ±std band, per-class accuracy with
-error bars). Plain data in (histories, metrics the core computed, the cell's results rows),
-files out; the runner logs each folder on its run."""
+"""The artifact folders of the runs: a repetition's scikit-learn reports, and a cell's
+figures over its repetitions (mean curves with a ±std band, per-class accuracy with error
+bars, the pooled confusion matrix and reliability diagram). Plain data in (histories,
+metrics the core computed, the cell's results rows), files out; the runner logs each folder
+on its run."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -27,30 +27,13 @@ def _confusion_csv(cm: np.ndarray, classes: list[str]) -> str:
     return buf.getvalue()
 
 
-def write_repetition_artifacts(out_dir: Path, title: str, history: list[dict],
-                               m: CellMetrics, classes: list[str], tail_classes: list[int]
-                               ) -> None:
-    """Figures and scikit-learn reports of one repetition into out_dir, from its metrics
-    (computed by the core, benchmark.metrics.cell_metrics).
-
-    Writes figures/{loss,accuracy,confusion,confusion_normalized,per_class_accuracy}.png
-    and reports/classification_report.{json,txt}, reports/confusion_matrix.csv.
-    """
-    out_dir = Path(out_dir)
-    recall = [m.scalars.get(n, math.nan) for n in class_metric_names(list(classes))]
-    figures = {
-        "loss.png": plots.loss_curve(history, title),
-        "accuracy.png": plots.accuracy_curve(history, title),
-        "confusion.png": plots.confusion_figure(m.confusion, classes, title),
-        "confusion_normalized.png": plots.confusion_figure(m.confusion, classes, title,
-                                                           normalized=True),
-        "per_class_accuracy.png": plots.per_class_accuracy_figure(recall, classes,
-                                                                  tail_classes, title),
-    }
-    for name, fig in figures.items():  # each laid out by tight_layout when built: saved as
-        # it is, without bbox_inches="tight"'s second draw (a third of these figures' time)
-        plots.save_png(fig, out_dir / "figures" / name, tight=False)
-    reports = out_dir / "reports"
+def write_repetition_reports(out_dir: Path, m: CellMetrics, classes: list[str]) -> None:
+    """The scikit-learn reports of one repetition into out_dir, from its metrics (computed by
+    the core, benchmark.metrics.cell_metrics): reports/classification_report.{json,txt} and
+    reports/confusion_matrix.csv. A repetition draws no figure: its curves and per-class
+    accuracy are its MLflow metrics (the UI charts them), and the cell's figures show them
+    over all of its repetitions, drawn once when the cell is summarized."""
+    reports = Path(out_dir) / "reports"
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "classification_report.json").write_text(json.dumps(m.report_dict, indent=2))
     (reports / "classification_report.txt").write_text(m.report_text)
@@ -59,10 +42,11 @@ def write_repetition_artifacts(out_dir: Path, title: str, history: list[dict],
 
 def write_cell_summary(out_dir: Path, title: str, histories: list[list[dict[str, float]]],
                        ok: pd.DataFrame) -> list[Path]:
-    """figures/mean_{loss,accuracy}.png, figures/per_class_accuracy_mean.png and (when they
-    recorded their calibration bins) figures/reliability.png from the repetitions that
-    learned (`ok`: their rows of the results table, `histories`: their curves); nothing when
-    none learned. Returns the files written."""
+    """figures/mean_{loss,accuracy}.png, figures/per_class_accuracy_mean.png and, from what
+    the repetitions recorded, figures/confusion_normalized.png (their confusion matrices
+    summed) and figures/reliability.png (their calibration bins summed), from the
+    repetitions that learned (`ok`: their rows of the results table, `histories`: their
+    curves); nothing when none learned. Returns the files written."""
     if not len(ok):
         return []
     folder = Path(out_dir) / "figures"
@@ -78,6 +62,11 @@ def write_cell_summary(out_dir: Path, title: str, histories: list[list[dict[str,
     fig = plots_repetitions.per_class_accuracy_errorbars(
         values.mean().tolist(), stds.tolist(), classes, tail, title, n=len(ok))
     written.append(plots.save_png(fig, folder / "per_class_accuracy_mean.png"))
+    confusion, n = pooled_json(ok, "confusion")
+    if confusion is not None:
+        fig = plots.confusion_figure(np.asarray(confusion), classes, title, normalized=True,
+                                     pooled=n)
+        written.append(plots.save_png(fig, folder / "confusion_normalized.png", tight=False))
     pooled, n = pooled_calibration(ok)
     if pooled:
         written.append(plots.save_png(plots_repetitions.reliability_diagram(pooled, title, n),
@@ -85,11 +74,25 @@ def write_cell_summary(out_dir: Path, title: str, histories: list[list[dict[str,
     return written
 
 
+def _recorded(ok: pd.DataFrame, column: str) -> list:
+    """The JSON values of `column` (a results-table column of JSON text) that were recorded."""
+    return [json.loads(v) for v in ok.get(column, pd.Series(dtype=str))
+            if isinstance(v, str) and v and v != "null"]
+
+
+def pooled_json(ok: pd.DataFrame, column: str) -> tuple[list | None, int]:
+    """The arrays in `column` of the repetitions in `ok` that recorded it, summed, and how
+    many they are; (None, 0) when none did."""
+    recorded = _recorded(ok, column)
+    if not recorded:
+        return None, 0
+    return np.sum(recorded, axis=0).tolist(), len(recorded)
+
+
 def pooled_calibration(ok: pd.DataFrame) -> tuple[dict[str, list[float]] | None, int]:
     """The reliability bins of the repetitions in `ok` that recorded them (the results
     table's `calibration` JSON), summed, and how many they are; (None, 0) when none did."""
-    recorded = [json.loads(v) for v in ok.get("calibration", pd.Series(dtype=str))
-                if isinstance(v, str) and v and v != "null"]
+    recorded = _recorded(ok, "calibration")
     if not recorded:
         return None, 0
     return {k: np.sum([b[k] for b in recorded], axis=0).tolist() for k in recorded[0]}, \

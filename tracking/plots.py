@@ -47,50 +47,10 @@ def save_png(fig: Figure, path: Path, tight: bool = True) -> Path:
     return path
 
 
-def _epochs(history: list[dict]) -> list[int]:
-    # epochs are counted from 1 on the axis, as the reference's curves are
-    return [int(h.get("epoch", i + 1)) for i, h in enumerate(history)]
-
-
-def _curves(history: list[dict], title: str, what: str, scale: float, ylabel: str) -> Figure:
-    fig = Figure(figsize=(8, 4.5))
-    ax = fig.add_subplot()
-    x = _epochs(history)
-    for split, color in (("train", TRAIN_COLOR), ("test", TEST_COLOR)):
-        key = f"{split}_{what}"
-        ys = [h[key] * scale if h.get(key) is not None else math.nan for h in history]
-        if not all(math.isnan(y) for y in ys):
-            # markers only when there are few epochs, where a bare line hides the points
-            ax.plot(x, ys, color=color, marker="o" if len(x) <= 30 else None, ms=4,
-                    label=split)
-    ax.set(title=f"{title} — {ylabel.split(' (')[0]}", xlabel="epoch", ylabel=ylabel)
-    if what == "acc":
-        ax.set_ylim(0, 100)
-    if x:  # integer epoch ticks: "1.5 epochs" reads as a bug
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend()
-    else:  # an empty frame would read as a plotting bug
-        ax.text(0.5, 0.5, "no epochs recorded", transform=ax.transAxes, ha="center",
-                color="#777777", style="italic")
-    fig.tight_layout()
-    return fig
-
-
-def loss_curve(history: list[dict], title: str) -> Figure:
-    """Train and test cross-entropy per epoch; `history` holds one dict per epoch."""
-    return _curves(history, title, "loss", 1.0, "cross-entropy loss")
-
-
-def accuracy_curve(history: list[dict], title: str) -> Figure:
-    """Train and test accuracy per epoch, in percent (history holds fractions)."""
-    return _curves(history, title, "acc", 100.0, "accuracy (%)")
-
-
 def confusion_figure(cm: np.ndarray, classes: list[str], title: str,
-                     normalized: bool = False) -> Figure:
-    """The confusion matrix (rows true, columns predicted), as counts or row-normalised."""
+                     normalized: bool = False, pooled: int = 0) -> Figure:
+    """The confusion matrix (rows true, columns predicted), as counts or row-normalised;
+    `pooled`: how many repetitions' matrices `cm` sums (0: one)."""
     n = len(classes)
     size = max(6.0, 0.65 * n + 2.5)  # cells big enough for a 4-character number
     fig = Figure(figsize=(size + 1, size))
@@ -108,6 +68,8 @@ def confusion_figure(cm: np.ndarray, classes: list[str], title: str,
     for label in ax.get_xticklabels():
         label.set(ha="right", rotation_mode="anchor")
     kind = "confusion matrix, row-normalised" if normalized else "confusion matrix"
+    if pooled:
+        kind += f", {pooled} repetition{'s' * (pooled != 1)} summed"
     ax.set(title=f"{title} — {kind}", xlabel="predicted class", ylabel="true class")
     fig.tight_layout()
     return fig
@@ -116,26 +78,6 @@ def confusion_figure(cm: np.ndarray, classes: list[str], title: str,
 def _head_tail_legend(ax, loc: str = "upper right") -> None:
     ax.legend(handles=[Patch(color=HEAD_COLOR, label="head class"),
                        Patch(color=TAIL_COLOR, label="tail class (cut)")], loc=loc)
-
-
-def per_class_accuracy_figure(accuracy: list[float], classes: list[str],
-                              tail_classes: list[int], title: str) -> Figure:
-    """One bar per class (recall, percent), tail classes coloured apart from the head."""
-    fig = Figure(figsize=(max(8.0, 0.75 * len(classes)), 4.8))
-    ax = fig.add_subplot()
-    tail = set(tail_classes)
-    colors = [TAIL_COLOR if i in tail else HEAD_COLOR for i in range(len(classes))]
-    pct = [a * 100 if a is not None and not math.isnan(a) else 0.0 for a in accuracy]
-    bars = ax.bar(range(len(classes)), pct, color=colors)
-    ax.bar_label(bars, fmt="%.0f", fontsize=8, padding=2)
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right",
-                  rotation_mode="anchor")
-    ax.set(title=f"{title} — accuracy per class", xlabel="class",
-           ylabel="test accuracy (%)", ylim=(0, 108))  # headroom for the bar labels
-    ax.grid(axis="y", alpha=0.3)
-    _head_tail_legend(ax, loc="upper left")
-    fig.tight_layout()
-    return fig
 
 
 def _text_color(value: float, vmax: float) -> str:

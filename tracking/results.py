@@ -24,7 +24,8 @@ from tracking.store import KIND, Store
 OK, DID_NOT_LEARN, ERROR, RUNNING = "ok", "did-not-learn", "error", "running"  # ok: a result
 ID_COLUMNS = ["cell_key", "cell_name", "repetition", "rep_seed", "status", "outcome", "reason",
               "run_id", "cell_run_id", "final_lr", "final_sigma", "final_cb_beta",
-              "final_la_tau", "final_ldam_margin", "final_attempt", "classes", "calibration"]
+              "final_la_tau", "final_ldam_margin", "final_attempt", "classes", "calibration",
+              "confusion"]
 TUNED_LOSS = ("cb_beta", "la_tau", "ldam_margin")  # final_<name>: NaN where the remedy lacks it
 
 
@@ -97,6 +98,8 @@ def _row(cell_run, fields: dict, run) -> dict:
             "classes": cell_run.data.tags.get("classes", "[]"),
             # the test set's reliability bins (benchmark.metrics.calibration_bins) as JSON
             "calibration": tags.get("calibration", ""),
+            # its test confusion matrix (rows true, columns predicted) as a JSON list of rows
+            "confusion": tags.get("confusion", ""),
             **run.data.metrics}
 
 

@@ -5,9 +5,11 @@ so that this can still be written)."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,22 +28,51 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_WRITERS: dict[int, ThreadPoolExecutor] = {}  # per process: a forked worker makes its own
+
+
+def _writer() -> ThreadPoolExecutor:
+    """The process's one thread that writes params and metrics behind (one: in order)."""
+    pid = os.getpid()
+    if pid not in _WRITERS:
+        _WRITERS[pid] = ThreadPoolExecutor(1, thread_name_prefix="tailbench-mlflow-writer")
+    return _WRITERS[pid]
+
+
 class RunLog:
     """One open MLflow run, addressed by id (safe to use from several threads); a
-    benchmark.recording.Recorder."""
+    benchmark.recording.Recorder.
+
+    Params and metrics are written behind: `log_batch` runs in one background thread per
+    process, in order, while training goes on (a trial's per-epoch metrics were most of a
+    cell's store writes), and `flush` waits for them and raises what failed. A run is flushed
+    before it ends, so a FINISHED run holds all of its params and metrics, and a failed write
+    (a full disk) fails the run, as a synchronous one did. Tags stay synchronous: they say
+    what a run is (its cell key, its outcome), which other workers and re-runs look up at
+    once. (MLflow's own `log_batch(synchronous=False)` was measured and not taken: ending a
+    run shuts its queue down, which waits up to a second for the queue's thread.)"""
 
     def __init__(self, client: MlflowClient, run_id: str, experiment_id: str):
         self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
         self.status: str | None = None  # set once this process ends the run
+        self._pending: list[Future] = []  # the writes behind not yet waited for
+
+    def _write(self, **batch) -> None:
+        self._pending.append(_writer().submit(self.client.log_batch, self.run_id, **batch))
+
+    def flush(self) -> None:
+        """Wait for this run's writes behind; raise the first that failed, if one did."""
+        pending, self._pending = self._pending, []
+        for write in pending:
+            write.result()
 
     def log_params(self, params: dict[str, object]) -> None:
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self._write(params=[Param(k, str(v)) for k, v in params.items()])
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         """Every metric of one step in one call."""
         t = now_ms()
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), t, step)
-                                                    for k, v in metrics.items()])
+        self._write(metrics=[Metric(k, float(v), t, step) for k, v in metrics.items()])
 
     def log_curves(self, history: list[dict[str, float]]) -> None:
         """Per-epoch metrics (epoch i+1 = history[i]) in as few calls as MLflow allows."""
@@ -49,7 +80,7 @@ class RunLog:
         metrics = [Metric(k, float(v), t, epoch) for epoch, m in enumerate(history, 1)
                    for k, v in m.items()]
         for start in range(0, len(metrics), 1000):  # MLflow takes 1000 metrics a batch
-            self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
+            self._write(metrics=metrics[start:start + 1000])
 
     def set_tags(self, tags: dict[str, object]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -96,9 +127,18 @@ class RunLog:
 
     def log_model(self, model, example, tags: dict[str, object]) -> None:
         """The run's logged model (tracking/models.py), linked to its step-0 metrics."""
+        self.flush()  # the model copies the run's params and links its metrics: they are in
         log_model(self.client, self.run_id, model, example, tags)
 
     def end(self, status: str) -> None:
+        """Flush, then end the run with `status`. A run whose writes failed does not end
+        FINISHED (the failure is raised); FAILED or KILLED, it ends so anyway: it already
+        stopped for a reason of its own."""
+        try:
+            self.flush()
+        except Exception:
+            if status == "FINISHED":
+                raise
         self.client.set_terminated(self.run_id, status=status, end_time=now_ms())
         self.status = status
 
@@ -108,8 +148,9 @@ class RunLog:
         ended = 0
         for run_id in run_ids:
             if self.client.get_run(run_id).info.status == "RUNNING":
-                RunLog(self.client, run_id, self.experiment_id).set_tags({"error": reason})
-                self.client.set_terminated(run_id, status="FAILED", end_time=now_ms())
+                lost = RunLog(self.client, run_id, self.experiment_id)
+                lost.set_tags({"error": reason})
+                lost.end("FAILED")
                 ended += 1
         return ended
 
@@ -128,6 +169,7 @@ class RunLog:
 def ended_run(log: RunLog) -> Iterator[RunLog]:
     try:
         yield log
+        log.flush()  # its writes have landed, or their failure is the run's, as below
     except KeyboardInterrupt:
         _end_anyway(log, "KILLED", "interrupted (Ctrl-C)")
         raise

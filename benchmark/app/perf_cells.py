@@ -1,6 +1,6 @@
 """`make perf` items 4 and 5: whole cells, timed through the runner.
 
-4. Tracking overhead: a quick cell (the quick profile's cnn long-tail cell, a small study
+4. Tracking overhead: a quick cell (the quick profile's cnn long-tail cell, its study
    included) with MLflow tracking (a real SQLite store) and without it (a Recorder that
    records nothing and draws no figure), alternated in one process; the difference is what
    recording costs (params, metrics, figures, reports, the logged models, the statistics
@@ -14,18 +14,21 @@ import dataclasses
 import itertools
 import statistics
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from benchmark.app.perf_timing import Context, Row, alternate
 from benchmark.app.repetitions import cut, summarize_cell
 from benchmark.app.runner import _record_cell, run_cell
 from benchmark.cells import Cell, expand
-from benchmark.recording import NullRunLog
+from benchmark.recording import NullRunLog, Recorder
 from studies import TuneOptions, tune_cell
 from tracking.store import Store
 
 TRACKING_TARGET = 0.03  # recording may take at most 3% of a quick cell's wall time
-OVERHEAD_TRIALS = 2  # a study small enough for `make perf`, big enough to record one
 
 
 def _cell(ctx: Context, epochs: int, train_limit: int, trials: int = 0) -> Cell:
@@ -37,44 +40,91 @@ def _cell(ctx: Context, epochs: int, train_limit: int, trials: int = 0) -> Cell:
 
 
 def quick_cell(ctx: Context) -> Cell:
-    """The quick profile's cnn long-tail cell (its sizes, epochs and repetitions) with a study
-    of OVERHEAD_TRIALS trials, not its 8 (trials train far more than they record, so the
-    share is larger than a full cell's); with --quick one tiny repetition of one epoch."""
+    """The quick profile's cnn long-tail cell as `make benchmark` runs it (its sizes, epochs,
+    repetitions and trials); with --quick one tiny repetition of one epoch and 2 trials."""
     cell = next(e.cell for e in expand("full", "quick", ctx.data.source)
                 if (e.cell.model, e.cell.variant, e.cell.remedy) == ("cnn", "long-tail", "none"))
-    cell = dataclasses.replace(cell, trials=OVERHEAD_TRIALS, seed=ctx.seed)
+    cell = dataclasses.replace(cell, seed=ctx.seed)
     if ctx.sizes["batch"] < 256:  # --quick
-        cell = dataclasses.replace(cell, epochs=1, seeds=1, train_limit=300, test_limit=100)
+        cell = dataclasses.replace(cell, epochs=1, seeds=1, trials=2, train_limit=300,
+                                   test_limit=100)
     return cell
 
 
+class Timed:
+    """A Recorder around another that adds up the seconds spent in its calls and in those of
+    its nested runs (their figures drawn in log_files included): the recording a tracked cell
+    does, timed directly, beside the with/without difference."""
+
+    def __init__(self, inner: Recorder, seconds: list[float]):
+        self.inner, self.seconds, self.run_id = inner, seconds, inner.run_id
+
+    def __getattr__(self, name: str):
+        method = getattr(self.inner, name)
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.seconds[0] += time.perf_counter() - start
+        return timed
+
+    @contextmanager
+    def child(self, name: str, kind: str, tags: dict | None = None) -> Iterator[Timed]:
+        start = time.perf_counter()
+        with self.inner.child(name, kind, tags) as run:  # its creation and its ending timed
+            self.seconds[0] += time.perf_counter() - start
+            body = Timed(run, self.seconds)
+            try:
+                yield body
+            finally:
+                start = time.perf_counter()
+        self.seconds[0] += time.perf_counter() - start
+
+
 def tracking_overhead(ctx: Context) -> Row:
+    """The quick cnn cell tracked (a real SQLite store; as runner._own runs it: its params,
+    study, repetitions and summary) against the same cell on NullRunLog, alternated, after one
+    tiny warm-up cell of each (the process's first figure, export and store calls import
+    their libraries: a worker pays that once, not per cell)."""
     cell = quick_cell(ctx)
+    tiny = dataclasses.replace(cell, epochs=1, seeds=1, trials=2, train_limit=300,
+                               test_limit=100)
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(f"sqlite:///{tmp}/mlflow.db", "tailbench/perf")
         journals = (TuneOptions(str(Path(tmp) / f"optuna-{i}.journal")) for i in itertools.count())
-        learned = []
+        learned, recorded = [], []
 
-        def tracked() -> None:  # as runner._own runs a cell: its params, repetitions, summary
-            with store.cell_run(cell.name, {}) as run:
-                _record_cell(run, cell, ctx.data, ctx.device, {})
-                learned.append(run_cell(cell, ctx.data, run, ctx.device,
-                                        tuning=next(journals)))
-                summarize_cell(store, run, cell, store.client.get_run(run.run_id))
+        def tracked(c: Cell) -> None:
+            seconds = [0.0]
+            with store.cell_run(c.name, {}) as log:
+                run = Timed(log, seconds)
+                _record_cell(run, c, ctx.data, ctx.device, {})
+                learned.append(run_cell(c, ctx.data, run, ctx.device, tuning=next(journals)))
+                summarize_cell(store, run, c)
+            recorded.append(seconds[0])
 
-        def untracked() -> None:  # a fresh study each time: an old one would train no trial
-            run_cell(cell, ctx.data, NullRunLog(), ctx.device, tuning=next(journals))
+        def untracked(c: Cell) -> None:  # a fresh study each time: an old one would train no trial
+            run_cell(c, ctx.data, NullRunLog(), ctx.device, tuning=next(journals))
 
-        # a cell takes half a minute: two timed rounds keep `make perf` within its 10 minutes
-        with_, without = alternate(tracked, untracked, reps=min(ctx.reps, 2),
-                                   device=ctx.device)
+        tracked(tiny)
+        untracked(tiny)
+        learned.clear()
+        recorded.clear()
+        # a quick cell takes most of a minute: two rounds keep this row near four minutes
+        with_, without = alternate(partial(tracked, cell), partial(untracked, cell),
+                                   reps=min(ctx.reps, 2), device=ctx.device, warmup=0)
     runs = [(a - b, a) for a, b in zip(with_, without, strict=True)]  # (recording, wall)
+    timed = statistics.median(recorded)
     return Row("tracking overhead (share of a quick cell)", "s/cell",
                statistics.median(r for r, _ in runs), statistics.median(with_),
                statistics.median(r / w for r, w in runs), target=TRACKING_TARGET,
                percent=True, upper=True, runs=runs,
-               note=f"seconds recording / the tracked cell's wall time; {cell.name}, "
+               note=f"seconds tracked - untracked / the tracked cell's wall time; {cell.name}, "
                     f"{cell.seeds} repetitions of {cell.epochs} epochs, {cell.trials} trials; "
+                    f"recording calls timed directly: {timed:.2f} s "
+                    f"({timed / statistics.median(with_):.1%}); "
                     f"{min(learned)} of {cell.seeds} learned in the worst tracked round")
 
 

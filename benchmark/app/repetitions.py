@@ -33,7 +33,7 @@ from benchmark.train import (
     fit,
 )
 from tracking import results
-from tracking.artifacts import write_cell_summary, write_repetition_artifacts
+from tracking.artifacts import write_cell_summary, write_repetition_reports
 from tracking.store import Store, tag_json
 
 # The cell run's headline metrics: name on the cell run -> the repetition metric it summarizes
@@ -148,8 +148,7 @@ def run_repetition(cell: Cell, candidates: list[Cell], data: Dataset, run: Recor
     classes, tail = list(data.classes), list(cell.tail_classes)
     m = cell_metrics(prep.test.y.cpu().numpy(), final["preds"].numpy(), classes, tail,
                      train_counts=prep.counts, confidence=final["confidence"].numpy())
-    run.log_files(lambda folder: write_repetition_artifacts(
-        folder, f"{cell.name} · repetition {repetition}", history, m, classes, tail))
+    run.log_files(lambda folder: write_repetition_reports(folder, m, classes))
     run.log_metrics({"final_train_acc": history[-1]["train_acc"] if history else 0.0,
                      "final_test_acc": final["acc"], "final_test_loss": final["loss"],
                      **m.scalars})
@@ -157,15 +156,18 @@ def run_repetition(cell: Cell, candidates: list[Cell], data: Dataset, run: Recor
     run.log_model(RawImages(model), prep.test.x[:2], {
         "cell_key": cell.key, "cell_name": cell.name, "repetition": repetition,
         "dataset": data.source, "input": "uint8 images (N, 3, 32, 32), as stored"})
-    run.set_tags({"outcome": results.OK, "calibration": tag_json(m.calibration)})
+    # what the cell's pooled figures sum over its repetitions
+    run.set_tags({"outcome": results.OK, "calibration": tag_json(m.calibration),
+                  "confusion": tag_json(m.confusion.tolist())})
     return True
 
 
-def summarize_cell(store: Store, run: Recorder, cell: Cell, cell_run) -> tuple[int, str]:
+def summarize_cell(store: Store, run: Recorder, cell: Cell) -> tuple[int, str]:
     """Statistics over the cell's repetitions (all of them, this invocation's and earlier
     ones) and their figures, on the cell run; ends it FAILED when none learned. Returns how
     many learned and the line that says how the cell ended."""
-    df = results.cell_results(store, cell_run)
+    run.flush()  # the cell run's params, read back with its repetitions
+    df = results.cell_results(store, store.client.get_run(run.run_id))
     ok = df[df["outcome"] == results.OK]
     runner_up = int((ok["final_attempt"] > 1).sum()) if len(ok) else 0
     metrics = {"repetitions": cell.seeds, "repetitions_ok": len(ok),

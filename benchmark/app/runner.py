@@ -201,7 +201,7 @@ def _own(cell: Cell, data: Dataset, store: Store, invocation: Invocation, say, *
                             reopen=reopen) as run:
             _record_cell(run, cell, data, device, tags)
             run_cell(cell, data, run, device, missing, progress, tuning, say)
-            learned, line = summarize_cell(store, run, cell, store.client.get_run(run.run_id))
+            learned, line = summarize_cell(store, run, cell)
             say(f"finished in {time.perf_counter() - start:.0f} s: {line}" if learned
                 else f"failed: {line}")
     except Exception as e:  # recorded FAILED on the run; the next cell still runs

@@ -1,0 +1,50 @@
+"""A run's params and metrics are written behind, in a background thread
+(tracking.runs.RunLog), and still a FINISHED run holds all of them, and a write that failed
+fails the run. A real SQLite store."""
+
+import pytest
+from mlflow.exceptions import MlflowException
+
+from tracking.store import Store
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(f"sqlite:///{tmp_path}/mlflow.db", "tailbench/x/runlog")
+
+
+def test_a_finished_run_holds_every_async_write(store):
+    with store.cell_run("cell", {}) as run:
+        run.log_params({"lr": 0.1})
+        for epoch in range(1, 21):
+            run.log_metrics({"train_loss": 1 / epoch, "test_acc": epoch / 20}, step=epoch)
+        run.log_curves([{"curve": float(i)} for i in range(5)])
+        run_id = run.run_id
+    got = store.client.get_run(run_id)
+    assert got.info.status == "FINISHED" and got.data.params == {"lr": "0.1"}
+    assert [m.step for m in store.client.get_metric_history(run_id, "train_loss")] == \
+        list(range(1, 21))
+    assert [m.value for m in store.client.get_metric_history(run_id, "curve")] == \
+        [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_a_failed_async_write_fails_the_run_with_its_error(store):
+    """MLflow refuses a param changed after it was logged; written behind, the
+    refusal comes back when the run is flushed, and the run ends FAILED with it, not
+    FINISHED without the value."""
+    with pytest.raises(MlflowException, match="Changing param values is not allowed"):
+        with store.cell_run("cell", {}) as run:
+            run.log_params({"lr": 0.1})
+            run.log_params({"lr": 0.2})
+            run_id = run.run_id
+    got = store.client.get_run(run_id)
+    assert got.info.status == "FAILED"
+    assert "lr" in got.data.tags["error"] and got.data.params == {"lr": "0.1"}
+
+
+def test_a_run_ended_failed_ends_so_even_when_a_write_failed(store):
+    with store.cell_run("cell", {}) as run:
+        run.log_params({"lr": 0.1})
+        run.log_params({"lr": 0.2})
+        run.end("FAILED")  # the body's own ending, as a repetition that did not learn
+    assert store.client.get_run(run.run_id).info.status == "FAILED"
