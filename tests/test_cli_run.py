@@ -71,3 +71,17 @@ def test_the_report_shows_the_cells_of_the_latest_run_or_of_the_one_asked_for(
     empty = ["--tracking-uri", f"sqlite:///{tmp_path}/empty/mlflow.db"]
     assert main(["report", *empty]) == 2
     assert "holds no tailbench run yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("filters", "says"), [
+    (["--remedy", "nonsense"], "--remedy nonsense: grid 'full' (quick) has no cell of remedy "
+                               "'nonsense'; its remedies: flip+noise, none"),
+    (["--model", "resnet50", "--variant", "balanced", "--remedy", "flip+noise"],
+     "no cell of grid 'full' (quick) is model resnet50, variant balanced, remedy flip+noise")])
+def test_filters_that_leave_no_cell_say_which_value_and_what_the_grid_has(
+        tmp_path, capsys, filters, says):
+    store = tmp_path / "runs"
+    assert main(["run", "--grid", "full", "--profile", "quick", *filters, "--tracking-uri",
+                 f"sqlite:///{store}/mlflow.db", "--storage", str(store / "j")]) == 2
+    assert capsys.readouterr().err.strip() == f"tailbench run: error: {says}"
+    assert not store.exists()  # before any store is opened

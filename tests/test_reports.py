@@ -361,7 +361,8 @@ def test_report_findings(report):
                               f"[−{-100 * ci.low:.1f}, −{-100 * ci.high:.1f}], p ")
     assert numbers.endswith("(Welch, n = 3 vs 3)")
     assert finding(report, "rnn: long-tail test accuracy below balanced")[1:] == [
-        "inconclusive", "—", "rnn · balanced · none is failed; rnn · long-tail · none is missing"]
+        "inconclusive", "—", "rnn · balanced · none has no repetition that learned; "
+                             "rnn · long-tail · none has not run"]
     tail = finding(report, "cnn · long-tail · none: tail accuracy below head")
     assert tail[1] == "holds" and "(paired t, n = 3)" in tail[2]
     assert "balanced control's gap 4.0 ± 0.0 (n=3)" in tail[2]
@@ -370,7 +371,7 @@ def test_report_findings(report):
                        "(paired t, n = 1)", "one repetition: no spread to test against; run "
                        "with --seeds 3 or more"]
     assert finding(report, "rnn · long-tail · none: tail accuracy below head")[3] == \
-        "cell is missing"
+        "the cell has not run"
     assert finding(report, "cnn: flip+noise narrows the long-tail gap")[1] == "holds"
     assert finding(report, "cnn: flip+noise raises tail accuracy")[1] == "holds"
     assert finding(report, "resnet50: flip+noise raises tail accuracy")[3] == \
@@ -531,7 +532,7 @@ def test_remedies_table_compares_each_remedy_with_plain_cross_entropy(tmp_path, 
         "inconclusive"
     assert table["ldam-drw"][2] == "—"  # not measured; and its fixed cb_beta is never shown
     assert table["ldam-drw"][6] == "inconclusive" and \
-        table["ldam-drw"][9] == "cnn · exp · ldam-drw is missing"
+        table["ldam-drw"][9] == "cnn · exp · ldam-drw has not run"
     assert table["balanced-softmax"][0] == "cnn · long-tail"
     assert table["balanced-softmax"][7] == "tail: 40.5 ± 0.7 (n=2)"
     assert table["balanced-softmax"][3] == "60.0 ± 0.0 (n=2)"  # same test acc: zero spread

@@ -147,6 +147,11 @@ def _slots(cells: list[CellResult]) -> dict[tuple[str, str, str], CellResult]:
     return out
 
 
+# why a cell has no number to compare, by its status
+UNMEASURED = {"missing": "has not run", "running": "is still running",
+              "failed": "has no repetition that learned"}
+
+
 def _absent(slots: dict, *wanted: tuple[str, str, str]) -> str:
     """Why a comparison cannot be made: which of its cells is not in the run or has no
     repetition that counts."""
@@ -156,7 +161,7 @@ def _absent(slots: dict, *wanted: tuple[str, str, str]) -> str:
         if slot not in slots:
             why.append(f"{name} is not among this run's cells")
         elif not slots[slot].measured:
-            why.append(f"{name} is {slots[slot].status}")
+            why.append(f"{name} {UNMEASURED[slots[slot].status]}")
     return "; ".join(why)
 
 
@@ -183,7 +188,7 @@ def _between(claim: str, slots: dict, a: tuple, b: tuple, metric: str, expect: s
 def _tail_below_head(slots: dict, cell: CellResult) -> list:
     claim = f"{cell.spec['name']}: tail accuracy below head"
     if not cell.measured:
-        return _row(claim, None, "—", f"cell is {cell.status}")
+        return _row(claim, None, "—", f"the cell {UNMEASURED[cell.status]}")
     v = paired(cell.values("tail_acc") - cell.values("head_acc"), "less")
     numbers = (f"tail {cell.summary('tail_acc').text()} vs head "
                f"{cell.summary('head_acc').text()}; {v.text()}")

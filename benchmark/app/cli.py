@@ -138,6 +138,26 @@ def _run_parser(sub) -> None:
                    help="trials run at once per study (threads sharing the device)")
 
 
+PLURAL = {"model": "models", "variant": "variants", "remedy": "remedies"}
+
+
+def _no_cell(args: argparse.Namespace, filters: dict[str, list[str] | None]) -> str:
+    """Why the --model/--variant/--remedy filters leave no cell: the first value the grid
+    has no cell of, with the values it has; else the combination that none has."""
+    from benchmark.cells import expand
+
+    cells = [e.cell for e in expand(args.grid, args.profile, args.dataset, None,
+                                    _overrides(args))]
+    for field, wanted in filters.items():
+        have = sorted({getattr(c, field) for c in cells})
+        missing = [w for w in wanted or [] if w not in have]
+        if missing:
+            return (f"--{field} {missing[0]}: grid {args.grid!r} ({args.profile}) has no cell "
+                    f"of {field} {missing[0]!r}; its {PLURAL[field]}: {', '.join(have)}")
+    asked = ", ".join(f"{k} {' or '.join(v)}" for k, v in filters.items() if v)
+    return f"no cell of grid {args.grid!r} ({args.profile}) is {asked}"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Check everything (launcher options, grid, device, both stores) before any data is
     read, then run the cells here, in worker processes or in SLURM jobs, and end with the
@@ -152,7 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     filters = {"model": args.model, "variant": args.variant, "remedy": args.remedy}
     entries = expand(args.grid, args.profile, args.dataset, filters, _overrides(args))
     if not entries:
-        raise UserError(f"no cell of grid {args.grid!r} matches {filters}")
+        raise UserError(_no_cell(args, filters))
     device = launcher.device(args.device)  # on SLURM: resolved by each job on its node
     open_studies(args.storage)  # a malformed or unreachable Optuna storage fails here
     source, why = resolve_name(args.dataset, Path(args.data_dir or default_data_dir()))
