@@ -11,7 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
-from benchmark.app import gpu_check, launchers, perf, perf_pruners, register
+from benchmark.app import launchers
 from benchmark.app.console import Console, one_line_warnings, quiet_libraries
 from benchmark.data import SOURCES, default_data_dir, resolve_name
 from benchmark.errors import UserError
@@ -284,26 +284,46 @@ def _finish(store, invocation: str, report: bool, out: str | None = None):
     return df
 
 
-def parser() -> argparse.ArgumentParser:
+# the commands defined here; the others' modules are imported only when one of them (or the
+# whole parser: --help, a bad command) is asked for: perf imports torchvision, about 2 s of a
+# `tailbench run`'s start-up that the run never uses
+OWN = ("train", "run", "report", "results")
+ALL = (*OWN, "perf", "pruners", "register", "gpu-check")
+
+
+def parser(full: bool = True) -> argparse.ArgumentParser:
+    """The command's parser; `full=False` leaves out the subcommands not in OWN, with the same
+    usage line (for an argv whose command is in OWN, it parses it as the full one does)."""
     p = argparse.ArgumentParser(prog="tailbench", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True,
+                           metavar=None if full else "{" + ",".join(ALL) + "}")
     _train_parser(sub)
     _run_parser(sub)
     _report_parser(sub)
-    perf.add_parser(sub)
-    perf_pruners.add_parser(sub)
-    register.add_parser(sub)
-    gpu_check.add_parser(sub)
+    if full:
+        from benchmark.app import gpu_check, perf, perf_pruners, register
+
+        perf.add_parser(sub)
+        perf_pruners.add_parser(sub)
+        register.add_parser(sub)
+        gpu_check.add_parser(sub)
     return p
 
 
-COMMANDS = {"train": cmd_train, "run": cmd_run, "report": cmd_report, "results": cmd_report,
-            "perf": perf.run, "pruners": perf_pruners.run, "register": register.run,
-            "gpu-check": gpu_check.run}
+def command(name: str):
+    """The function that runs the command `name`."""
+    own = {"train": cmd_train, "run": cmd_run, "report": cmd_report, "results": cmd_report}
+    if name in own:
+        return own[name]
+    from benchmark.app import gpu_check, perf, perf_pruners, register
+
+    return {"perf": perf.run, "pruners": perf_pruners.run, "register": register.run,
+            "gpu-check": gpu_check.run}[name]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser(full=not argv or argv[0] not in OWN).parse_args(argv)
     quiet_libraries()
     one_line_warnings()
     return _dispatch(args)
@@ -314,7 +334,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     line and exit 2; anything else is a bug or a fault and keeps its traceback."""
     start = time.perf_counter()
     try:
-        return COMMANDS[args.command](args)
+        return command(args.command)(args)
     except (UserError, Diverged) as e:
         Console().error(args.command, str(e))
         return 2
