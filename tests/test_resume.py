@@ -16,6 +16,7 @@ import pytest
 from conftest import write_cifar
 from optuna.trial import TrialState
 
+from benchmark.app.cli import main
 from benchmark.cells import expand
 from studies.storage import open_studies
 from studies.tune import study_name
@@ -49,10 +50,13 @@ class Cell:
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
-    def run(self) -> str:
-        proc = self.start()
-        out = proc.communicate(timeout=300)[0]
-        assert proc.returncode == 0, out
+    def run_here(self, folder: Path, monkeypatch, capsys) -> str:
+        """Run the cell to its end in this process; its output."""
+        monkeypatch.chdir(folder)
+        capsys.readouterr()
+        code = main(self.args)
+        out = "".join(capsys.readouterr())
+        assert code == 0, out
         return out
 
     def study(self) -> optuna.Study:
@@ -92,7 +96,7 @@ class Cell:
         return done, cell["params.best_lr"].iloc[0], rep["metrics.final_test_acc"].iloc[0]
 
 
-def test_a_cell_stopped_and_resumed_ends_as_if_never_stopped(tmp_path):
+def test_a_cell_stopped_and_resumed_ends_as_if_never_stopped(tmp_path, monkeypatch, capsys):
     data_dir = tmp_path / "data"
     write_cifar(data_dir, per_batch=40, n_test=100)
     whole = Cell(tmp_path / "whole", data_dir)
@@ -102,7 +106,9 @@ def test_a_cell_stopped_and_resumed_ends_as_if_never_stopped(tmp_path):
     cut.stop_in_trial(1, signal.SIGINT)  # Ctrl-C in a random start-up point
     assert [t.state for t in cut.study().trials].count(TrialState.FAIL) == 1
     cut.stop_in_trial(3, signal.SIGKILL)  # kill -9 in TPE's first modelled point
-    out = cut.run()
+    # the resume needs no signal: run in this process (no start-up of its own), from a
+    # folder of the test's own
+    out = cut.run_here(tmp_path, monkeypatch, capsys)
     # the cell run, and the trial's run if the kill came after it was created (a kill can
     # also land while the trial is still being set up); outcome() checks none is left
     assert "that dead workers left RUNNING" in out, out
