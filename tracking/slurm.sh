@@ -145,13 +145,26 @@ start_slurm() {
   exit 1
 }
 
+# a daemon that has exited but is not yet reaped (a zombie: a container's init may take
+# seconds to reap it) is stopped
+running() { kill -0 "$1" 2>/dev/null && [ "$(ps -o stat= -p "$1" 2>/dev/null | cut -c1)" != Z ]; }
+
+# stop the daemons of the pid files given, together: TERM, up to 10 s to exit, then KILL
 stop_pid() {
-  local file=$1
-  alive "$file" || { rm -f "$file"; return 0; }
-  local pid; pid=$(cat "$file"); kill "$pid" 2>/dev/null || true
-  for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-  kill -9 "$pid" 2>/dev/null || true
-  rm -f "$file"
+  local file pids=()
+  for file in "$@"; do
+    alive "$file" && pids+=("$(cat "$file")")
+  done
+  [ ${#pids[@]} = 0 ] || kill "${pids[@]}" 2>/dev/null || true
+  for _ in $(seq 1 40); do
+    local pid left=()
+    for pid in "${pids[@]}"; do running "$pid" && left+=("$pid"); done
+    pids=("${left[@]}")
+    [ ${#pids[@]} = 0 ] && break
+    sleep 0.25
+  done
+  [ ${#pids[@]} = 0 ] || kill -9 "${pids[@]}" 2>/dev/null || true
+  rm -f "$@"
 }
 
 case ${1:-start} in
@@ -171,8 +184,9 @@ case ${1:-start} in
       jobs=$(SLURM_CONF=$dir/slurm.conf squeue -h -o %A 2>/dev/null || true)
       [ -z "$jobs" ] || SLURM_CONF=$dir/slurm.conf scancel $jobs 2>/dev/null || true
     fi
-    stop_pid "$dir/slurmd.pid"; stop_pid "$dir/slurmctld.pid"; stop_pid "$dir/slurmdbd.pid"
-    stop_pid "$dir/db/mariadb.pid"; stop_pid "$dir/munge/munged.pid"
+    # the SLURM daemons, then accounting, then what they use (its database, munge)
+    stop_pid "$dir/slurmd.pid" "$dir/slurmctld.pid"; stop_pid "$dir/slurmdbd.pid"
+    stop_pid "$dir/db/mariadb.pid" "$dir/munge/munged.pid"
     echo "SLURM stopped (state kept in $dir)";;
   status)
     SLURM_CONF=$dir/slurm.conf sinfo || true;;
