@@ -169,13 +169,28 @@ def test_the_confusion_figures_render():
     title = "cnn · long-tail · flip+noise"
     figs = [plots.confusion_figure(m.confusion, CIFAR, title),
             plots.confusion_figure(m.confusion, CIFAR, title, normalized=True),
-            plots.confusion_figure(3 * m.confusion, CIFAR, title, normalized=True, pooled=3)]
+            plots.confusion_figure(3 * m.confusion, CIFAR, "resnet50 · long-tail · "
+                                   "balanced-softmax", normalized=True, pooled=3)]
     assert figs[2].axes[0].get_title().endswith("3 repetitions summed")
     for fig in figs:
-        assert title in fig.axes[0].get_title()
+        assert " · long-tail · " in fig.axes[0].get_title()
         assert fig.axes[0].get_xlabel() and fig.axes[0].get_ylabel()
         assert_readable_png(plots.png_bytes(fig))
         # a cell saves these uncropped (tight=False): all they write is on the canvas
+        assert_readable_png(plots.png_bytes(fig, tight=False))
+        assert not text_off_canvas(fig), (fig.axes[0].get_title(), text_off_canvas(fig))
+
+
+def test_the_cells_figures_draw_nothing_off_their_canvas():
+    """The cell's mean curves are saved uncropped, as tight_layout fits them (its per-class
+    accuracy and reliability diagram are cropped: a long name's title runs past them); with
+    the longest cell name, nothing the curves write reaches past the canvas."""
+    from tracking import plots_repetitions as pr
+
+    curves = [[{"train_loss": 1 / e, "train_acc": e / 10, "test_loss": 1.2 / e,
+                "test_acc": e / 12} for e in range(1, 7)]] * 3
+    title = "resnet50 · long-tail · balanced-softmax"
+    for fig in (pr.mean_loss_curve(curves, title), pr.mean_accuracy_curve(curves, title)):
         assert_readable_png(plots.png_bytes(fig, tight=False))
         assert not text_off_canvas(fig), (fig.axes[0].get_title(), text_off_canvas(fig))
 

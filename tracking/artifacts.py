@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -50,10 +51,14 @@ def write_cell_summary(out_dir: Path, title: str, histories: list[list[dict[str,
     if not len(ok):
         return []
     folder = Path(out_dir) / "figures"
-    written = [plots.save_png(plots_repetitions.mean_loss_curve(histories, title),
-                              folder / "mean_loss.png"),
-               plots.save_png(plots_repetitions.mean_accuracy_curve(histories, title),
-                              folder / "mean_accuracy.png")]
+    # the curves and the confusion matrix are laid out by tight_layout when built: saved as
+    # they are, without bbox_inches="tight"'s second draw (tests/test_reports.py checks that
+    # nothing they draw is cut off)
+    save = partial(plots.save_png, tight=False)
+    written = [save(plots_repetitions.mean_loss_curve(histories, title),
+                    folder / "mean_loss.png"),
+               save(plots_repetitions.mean_accuracy_curve(histories, title),
+                    folder / "mean_accuracy.png")]
     classes = json.loads(ok["classes"].iloc[0])
     tail = json.loads(ok["tail_classes"].iloc[0])
     names = class_metric_names(classes)
@@ -61,12 +66,13 @@ def write_cell_summary(out_dir: Path, title: str, histories: list[list[dict[str,
     stds = values.std(ddof=1) if len(ok) > 1 else pd.Series(np.nan, index=names)
     fig = plots_repetitions.per_class_accuracy_errorbars(
         values.mean().tolist(), stds.tolist(), classes, tail, title, n=len(ok))
+    # cropped, as the reliability diagram: a long cell name's title runs past their canvas
     written.append(plots.save_png(fig, folder / "per_class_accuracy_mean.png"))
     confusion, n = pooled_json(ok, "confusion")
     if confusion is not None:
         fig = plots.confusion_figure(np.asarray(confusion), classes, title, normalized=True,
                                      pooled=n)
-        written.append(plots.save_png(fig, folder / "confusion_normalized.png", tight=False))
+        written.append(save(fig, folder / "confusion_normalized.png"))
     pooled, n = pooled_calibration(ok)
     if pooled:
         written.append(plots.save_png(plots_repetitions.reliability_diagram(pooled, title, n),
