@@ -3,6 +3,7 @@ that imports nothing of tailbench, by MLflow's own loaders, it scores the logged
 accuracy exactly; `tailbench register` puts it in the model registry."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -44,8 +45,12 @@ def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("logged")
     data = learnable_dataset(250, 60, seed=1, digest="ab" * 32, path="/tmp/synthetic")
     store = Store(f"sqlite:///{folder}/mlflow.db", "tailbench/synthetic/quick")
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     runner.run_grid([GridEntry(CELL, {})], data, store, device=torch.device("cpu"),
                     tuning=TuneOptions(folder / "optuna.journal"))
+    # logging the models set the process's tracking URI for MLflow's fluent calls, and put
+    # it back: a later store lookup of the process (make perf's grid rows did) is not led here
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before
     test = runner.cut(CELL, data)  # the cell's test images, the same for every repetition
     np.save(folder / "x.npy", test.test_x.numpy())
     np.save(folder / "y.npy", test.test_y.numpy())

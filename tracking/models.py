@@ -12,8 +12,11 @@ too: its torch.export matches it on two images; the suite logs the cnn).
 from __future__ import annotations
 
 import copy
+import os
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import mlflow
 import torch
@@ -23,7 +26,26 @@ from mlflow.models import infer_signature
 from benchmark.errors import UserError
 
 FORMAT = "pt2"
+URI_VARIABLE = "MLFLOW_TRACKING_URI"
 TORCH_REQUIREMENT = f"torch=={torch.__version__.split('+')[0]}"
+
+
+@contextmanager
+def tracking_uri(uri: str) -> Iterator[None]:
+    """The process's MLflow tracking URI set to `uri` for the fluent calls inside (log_model
+    and register_model read it), and put back after: `mlflow.set_tracking_uri` also sets
+    MLFLOW_TRACKING_URI in the environment, which would point every later store lookup of
+    the process, and its child processes, at this store."""
+    env, before = os.environ.get(URI_VARIABLE), mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+        if env is None:
+            os.environ.pop(URI_VARIABLE, None)
+        else:
+            os.environ[URI_VARIABLE] = env
 
 
 def log_model(client: MlflowClient, run_id: str, model: torch.nn.Module, example: torch.Tensor,
@@ -33,8 +55,8 @@ def log_model(client: MlflowClient, run_id: str, model: torch.nn.Module, example
     x = example[:2].cpu()
     with torch.inference_mode():
         out = net(x)
-    mlflow.set_tracking_uri(client.tracking_uri)  # log_model reads the process's tracking URI
-    with warnings.catch_warnings():  # torch.export's packager, on weights that are on the CPU
+    with tracking_uri(client.tracking_uri), warnings.catch_warnings():
+        # torch.export's packager, on weights that are on the CPU
         warnings.filterwarnings("ignore", "No complete tensor found in the group")
         # nn.RNN re-assigns its flat weight list when traced: harmless for an exported copy
         warnings.filterwarnings("ignore", "The tensor attributes .* were assigned during export")
@@ -97,6 +119,6 @@ def model_of(client: MlflowClient, repetition_run) -> str:
 
 def register(client: MlflowClient, model_id: str, name: str, tags: dict[str, object]):
     """A new version of registered model `name` from the logged model; the ModelVersion."""
-    mlflow.set_tracking_uri(client.tracking_uri)
-    return mlflow.register_model(f"models:/{model_id}", name,
-                                 tags={k: str(v) for k, v in tags.items()})
+    with tracking_uri(client.tracking_uri):
+        return mlflow.register_model(f"models:/{model_id}", name,
+                                     tags={k: str(v) for k, v in tags.items()})

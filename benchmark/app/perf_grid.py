@@ -9,6 +9,7 @@ wall time against the 15-minute goal for the default grid on a 2-core CPU.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from benchmark.app.perf_timing import Context, Row
@@ -29,6 +30,8 @@ def shares(ctx: Context) -> list[Row]:
     store = _store(ctx.tracking_uri)
     t = timeline(store, store.invocation()) if store else None
     if t is None:
+        print(f"tailbench perf: {tracking_uri(ctx.tracking_uri)} holds no `make benchmark` run "
+              "with its times: the grid's time shares are left out", file=sys.stderr)
         return []
     note = f"{store.experiment_name}, latest run: {t.n_cells} cells trained"
     parts = [("start-up (imports, data, stores)", t.startup),
