@@ -75,11 +75,8 @@ class Timed:
         start = time.perf_counter()
         with self.inner.child(name, kind, tags) as run:  # its creation and its ending timed
             self.seconds[0] += time.perf_counter() - start
-            body = Timed(run, self.seconds)
-            try:
-                yield body
-            finally:
-                start = time.perf_counter()
+            yield Timed(run, self.seconds)
+            start = time.perf_counter()  # (a body that raised, a pruned trial: not its ending)
         self.seconds[0] += time.perf_counter() - start
 
 
