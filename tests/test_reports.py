@@ -182,15 +182,22 @@ def test_the_confusion_figures_render():
 
 
 def test_the_cells_figures_draw_nothing_off_their_canvas():
-    """The cell's mean curves are saved uncropped, as tight_layout fits them (its per-class
-    accuracy and reliability diagram are cropped: a long name's title runs past them); with
-    the longest cell name, nothing the curves write reaches past the canvas."""
+    """The cell's figures are saved uncropped, as tight_layout fits them: with the longest
+    cell name and Fashion-MNIST's longest class names, nothing they write reaches past the
+    canvas."""
     from tracking import plots_repetitions as pr
 
     curves = [[{"train_loss": 1 / e, "train_acc": e / 10, "test_loss": 1.2 / e,
                 "test_acc": e / 12} for e in range(1, 7)]] * 3
-    title = "resnet50 · long-tail · balanced-softmax"
-    for fig in (pr.mean_loss_curve(curves, title), pr.mean_accuracy_curve(curves, title)):
+    title = "resnet32 · long-tail · balanced-softmax"
+    fashion = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+               "Sneaker", "Bag", "Ankle boot"]
+    y, p = predictions()
+    m = cell_metrics(y, p, fashion, TAIL, confidence=np.linspace(0.1, 1, y.size))
+    recall = [m.scalars[name] for name in class_metric_names(fashion)]
+    for fig in (pr.mean_loss_curve(curves, title), pr.mean_accuracy_curve(curves, title),
+                pr.per_class_accuracy_errorbars(recall, [0.05] * 10, fashion, TAIL, title, 3),
+                pr.reliability_diagram(m.calibration, title, 3)):
         assert_readable_png(plots.png_bytes(fig, tight=False))
         assert not text_off_canvas(fig), (fig.axes[0].get_title(), text_off_canvas(fig))
 

@@ -48,3 +48,30 @@ def test_a_run_ended_failed_ends_so_even_when_a_write_failed(store):
         run.log_params({"lr": 0.2})
         run.end("FAILED")  # the body's own ending, as a repetition that did not learn
     assert store.client.get_run(run.run_id).info.status == "FAILED"
+
+
+def test_writes_close_together_go_as_one_batch_and_a_late_one_at_once(store, monkeypatch):
+    """A trial's epochs come a fraction of a second apart: they wait and go together (a store
+    write costs ~5 ms of Python whatever it holds); a write WRITE_EVERY seconds after the last
+    goes at once, so a long epoch still shows while the run trains."""
+    from tracking import runs
+
+    batches = []
+    real = store.client.log_batch
+    monkeypatch.setattr(store.client, "log_batch",
+                        lambda run_id, **kw: (batches.append(kw), real(run_id, **kw))[1])
+    clock = [100.0]
+    monkeypatch.setattr(runs, "_clock", lambda: clock[0])
+    with store.cell_run("cell", {}) as run:
+        run.log_params({"lr": 0.1})  # waits: the run was created just now
+        for epoch in range(1, 6):
+            clock[0] += 0.5
+            run.log_metrics({"train_loss": 1 / epoch}, step=epoch)
+        # epochs 1-3 waited; epoch 4 came WRITE_EVERY after the run's creation: all went
+        clock[0] += runs.WRITE_EVERY
+        run.log_metrics({"train_loss": 0.1}, step=6)  # late: at once, with epoch 5
+        run_id = run.run_id
+    sent = [([p.key for p in b["params"]], [m.step for m in b["metrics"]]) for b in batches]
+    assert sent == [(["lr"], [1, 2, 3, 4]), ([], [5, 6])]
+    assert [m.step for m in store.client.get_metric_history(run_id, "train_loss")] == \
+        [1, 2, 3, 4, 5, 6]

@@ -51,9 +51,9 @@ def write_cell_summary(out_dir: Path, title: str, histories: list[list[dict[str,
     if not len(ok):
         return []
     folder = Path(out_dir) / "figures"
-    # the curves and the confusion matrix are laid out by tight_layout when built: saved as
-    # they are, without bbox_inches="tight"'s second draw (tests/test_reports.py checks that
-    # nothing they draw is cut off)
+    # laid out by tight_layout when built (the cell's name on a title line of its own):
+    # saved as they are, without bbox_inches="tight"'s second draw (tests/test_reports.py
+    # checks that nothing they draw is cut off)
     save = partial(plots.save_png, tight=False)
     written = [save(plots_repetitions.mean_loss_curve(histories, title),
                     folder / "mean_loss.png"),
@@ -66,8 +66,7 @@ def write_cell_summary(out_dir: Path, title: str, histories: list[list[dict[str,
     stds = values.std(ddof=1) if len(ok) > 1 else pd.Series(np.nan, index=names)
     fig = plots_repetitions.per_class_accuracy_errorbars(
         values.mean().tolist(), stds.tolist(), classes, tail, title, n=len(ok))
-    # cropped, as the reliability diagram: a long cell name's title runs past their canvas
-    written.append(plots.save_png(fig, folder / "per_class_accuracy_mean.png"))
+    written.append(save(fig, folder / "per_class_accuracy_mean.png"))
     confusion, n = pooled_json(ok, "confusion")
     if confusion is not None:
         fig = plots.confusion_figure(np.asarray(confusion), classes, title, normalized=True,
@@ -75,8 +74,8 @@ def write_cell_summary(out_dir: Path, title: str, histories: list[list[dict[str,
         written.append(save(fig, folder / "confusion_normalized.png"))
     pooled, n = pooled_calibration(ok)
     if pooled:
-        written.append(plots.save_png(plots_repetitions.reliability_diagram(pooled, title, n),
-                                      folder / "reliability.png"))
+        written.append(save(plots_repetitions.reliability_diagram(pooled, title, n),
+                            folder / "reliability.png"))
     return written
 
 

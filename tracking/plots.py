@@ -29,6 +29,14 @@ REF_COLOR = "#9A9A9A"  # the reference study's numbers: grey, beside ours
 DPI = 110  # ~900 px wide for the 8-inch figures: sharp in a report, small in MLflow
 
 
+def fit_layout(fig: Figure) -> Figure:
+    """Lay the figure out once (tight_layout) and keep that layout: a figure that keeps its
+    layout engine is drawn twice by savefig (a dry run for the engine, then the render)."""
+    fig.tight_layout()
+    fig.set_layout_engine(None)
+    return fig
+
+
 def png_bytes(fig: Figure, tight: bool = True) -> bytes:
     """The figure as PNG bytes (for an HTML data URI or an MLflow upload). `tight`: cropped
     to what it draws (bbox_inches="tight": everything shows, a legend outside the axes too,
@@ -71,8 +79,7 @@ def confusion_figure(cm: np.ndarray, classes: list[str], title: str,
     if pooled:
         kind += f", {pooled} repetition{'s' * (pooled != 1)} summed"
     ax.set(title=f"{title} — {kind}", xlabel="predicted class", ylabel="true class")
-    fig.tight_layout()
-    return fig
+    return fit_layout(fig)
 
 
 def _head_tail_legend(ax, loc: str = "upper right") -> None:
@@ -106,8 +113,7 @@ def per_class_heatmap(cells: list[str], classes: list[str], values: np.ndarray,
     caption = " (tail classes in orange)" if tail else ""
     ax.set(title=title, xlabel=f"class{caption}", ylabel="cell")
     fig.colorbar(im, ax=ax, label="test accuracy (%)", fraction=0.04)
-    fig.tight_layout()
-    return fig
+    return fit_layout(fig)
 
 
 def cell_accuracy_bars(cells: list[str], measured: list[float | None],
@@ -149,5 +155,4 @@ def cell_accuracy_bars(cells: list[str], measured: list[float | None],
     ax.grid(axis="x", alpha=0.3)
     # under the axes: inside, it would cover a bar near 100 %
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1 - 0.3 / n), ncol=2, frameon=False)
-    fig.tight_layout()
-    return fig
+    return fit_layout(fig)

@@ -16,6 +16,7 @@ from tracking.plots import (
     TEST_COLOR,
     TRAIN_COLOR,
     _head_tail_legend,
+    fit_layout,
 )
 
 
@@ -80,8 +81,7 @@ def mean_curves(histories: list[list[dict[str, float]]], title: str, what: str) 
     else:  # an empty frame would read as a plotting bug
         ax.text(0.5, 0.5, "no epochs recorded", transform=ax.transAxes, ha="center",
                 color="#777777", style="italic")
-    fig.tight_layout()
-    return fig
+    return fit_layout(fig)
 
 
 def mean_loss_curve(histories: list[list[dict[str, float]]], title: str) -> Figure:
@@ -118,13 +118,12 @@ def per_class_accuracy_errorbars(means: list[float], stds: list[float], classes:
     tops = [h + s for h, s in zip(heights, std_pct, strict=True) if not math.isnan(s)]
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right",
                   rotation_mode="anchor")
-    ax.set(title=f"{title} — accuracy per class, mean ± std over {_repetitions(n)}",
+    ax.set(title=f"{title}\naccuracy per class, mean ± std over {_repetitions(n)}",
            xlabel="class", ylabel="test accuracy (%)",
            ylim=(0, max([108.0, *(t + 8 for t in tops)])))  # headroom for the bar labels
     ax.grid(axis="y", alpha=0.3)
     _head_tail_legend(ax, loc="upper left")
-    fig.tight_layout()
-    return fig
+    return fit_layout(fig)
 
 
 def reliability_diagram(bins: dict[str, list[float]], title: str, n: int) -> Figure:
@@ -146,7 +145,7 @@ def reliability_diagram(bins: dict[str, list[float]], title: str, n: int) -> Fig
     ax.plot(mids, conf, "o", color="#333333", ms=4, label="mean confidence of the bin")
     ax.plot([0, 100], [0, 100], "--", color="#999999", lw=1, label="calibrated")
     ece = expected_calibration_error(bins)
-    ax.set(title=f"{title} — reliability, {_repetitions(n)} pooled\nECE "
+    ax.set(title=f"{title}\nreliability, {_repetitions(n)} pooled: ECE "
                  f"{ece * 100:.1f}% ({k} bins)", ylabel="accuracy (%)", xlim=(0, 100),
            ylim=(0, 100))
     ax.legend(loc="upper left", fontsize=8)
@@ -154,5 +153,4 @@ def reliability_diagram(bins: dict[str, list[float]], title: str, n: int) -> Fig
     hist.bar(mids, count, width=width * 0.95, color=HEAD_COLOR)
     hist.set(xlabel="confidence (%)", ylabel="predictions")
     hist.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return fit_layout(fig)

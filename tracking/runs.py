@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,6 +23,9 @@ from tracking.access import NoSpace
 from tracking.models import log_model
 
 KIND = "tailbench_kind"  # tag: "cell" (top level), "repetition" or "trial" (nested under it)
+WRITE_EVERY = 2.0  # seconds: a run's params and metrics logged sooner after its last write wait
+BATCH_PARAMS, BATCH_ENTITIES = 100, 1000  # what one MLflow log_batch takes at most
+_clock = time.monotonic
 
 
 def now_ms() -> int:
@@ -43,26 +47,59 @@ class RunLog:
     """One open MLflow run, addressed by id (safe to use from several threads); a
     benchmark.recording.Recorder.
 
-    Params and metrics are written behind: `log_batch` runs in one background thread per
-    process, in order, while training goes on (a trial's per-epoch metrics were most of a
-    cell's store writes), and `flush` waits for them and raises what failed. A run is flushed
-    before it ends, so a FINISHED run holds all of its params and metrics, and a failed write
-    (a full disk) fails the run, as a synchronous one did. Tags stay synchronous: they say
-    what a run is (its cell key, its outcome), which other workers and re-runs look up at
-    once. (MLflow's own `log_batch(synchronous=False)` was measured and not taken: ending a
-    run shuts its queue down, which waits up to a second for the queue's thread.)"""
+    Params and metrics are written behind, and in batches: a run's writes that come within
+    WRITE_EVERY seconds of its last one (or of its creation) wait to go with the next (a
+    trial's epochs take well under a second; an epoch that takes longer still shows in the
+    UI at once), and each batch is one `log_batch` in one background thread per process, in
+    order, while training goes on. A store write costs about 5 ms of Python whatever it
+    holds, taken from the thread that runs the training loop's Python. `flush` sends what
+    waits, waits for it, and raises what failed. A run is flushed before it ends, so a
+    FINISHED run holds all of its params and metrics, and a failed write (a full disk) fails
+    the run, as a synchronous one did; a worker killed with SIGKILL loses those still
+    waiting (its run is ended FAILED by the next `tailbench run`). Tags stay synchronous: they say what a run is (its cell
+    key, its outcome), which other workers and re-runs look up at once. (MLflow's own
+    `log_batch(synchronous=False)` was measured and not taken: ending a run shuts its queue
+    down, which waits up to a second for the queue's thread.)"""
 
     def __init__(self, client: MlflowClient, run_id: str, experiment_id: str):
         self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
         self.status: str | None = None  # set once this process ends the run
         self._pending: list[Future] = []  # the writes behind not yet waited for
+        self._params: dict[str, Param] = {}  # logged, not yet sent: the next batch
+        self._metrics: list[Metric] = []
+        self._sent = _clock()  # of the last batch sent (its creation wrote the run)
+        self._lock = threading.Lock()  # trials in threads share their cell's run
 
-    def _write(self, **batch) -> None:
-        self._pending.append(_writer().submit(self.client.log_batch, self.run_id, **batch))
+    def _write(self, params: list[Param] = (), metrics: list[Metric] = ()) -> None:
+        with self._lock:
+            if any(p.key in self._params for p in params):
+                self._send()  # a param logged again goes in a batch of its own: MLflow judges it
+            self._params |= {p.key: p for p in params}
+            self._metrics += metrics
+            if _clock() - self._sent >= WRITE_EVERY:
+                self._send()
+
+    def _send(self) -> None:
+        """What waits, as batches of MLflow's size (100 params, 1000 entities a call); with
+        the lock held."""
+        params, metrics = list(self._params.values()), self._metrics
+        if not params and not metrics:
+            return
+        self._params, self._metrics = {}, []
+        self._sent = _clock()
+        while params or metrics:
+            room = BATCH_ENTITIES - len(params[:BATCH_PARAMS])
+            self._pending.append(_writer().submit(
+                self.client.log_batch, self.run_id, params=params[:BATCH_PARAMS],
+                metrics=metrics[:room]))
+            params, metrics = params[BATCH_PARAMS:], metrics[room:]
 
     def flush(self) -> None:
-        """Wait for this run's writes behind; raise the first that failed, if one did."""
-        pending, self._pending = self._pending, []
+        """Send this run's waiting writes and wait for its writes behind; raise the first
+        that failed, if one did."""
+        with self._lock:
+            self._send()
+            pending, self._pending = self._pending, []
         for write in pending:
             write.result()
 
@@ -75,12 +112,10 @@ class RunLog:
         self._write(metrics=[Metric(k, float(v), t, step) for k, v in metrics.items()])
 
     def log_curves(self, history: list[dict[str, float]]) -> None:
-        """Per-epoch metrics (epoch i+1 = history[i]) in as few calls as MLflow allows."""
+        """Per-epoch metrics (epoch i+1 = history[i]), in as few calls as MLflow allows."""
         t = now_ms()
-        metrics = [Metric(k, float(v), t, epoch) for epoch, m in enumerate(history, 1)
-                   for k, v in m.items()]
-        for start in range(0, len(metrics), 1000):  # MLflow takes 1000 metrics a batch
-            self._write(metrics=metrics[start:start + 1000])
+        self._write(metrics=[Metric(k, float(v), t, epoch) for epoch, m in enumerate(history, 1)
+                             for k, v in m.items()])
 
     def set_tags(self, tags: dict[str, object]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -158,6 +193,8 @@ class RunLog:
     def child(self, name: str, kind: str, tags: dict[str, object] | None = None
               ) -> Iterator[RunLog]:
         """A nested run that ends FINISHED, or FAILED with the error, or KILLED on Ctrl-C."""
+        with self._lock:  # the parent goes quiet while its child works: what waits shows now
+            self._send()
         run = self.client.create_run(self.experiment_id, run_name=name, tags={
             "mlflow.parentRunId": self.run_id, KIND: kind, **{k: str(v) for k, v in
                                                               (tags or {}).items()}})
