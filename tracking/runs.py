@@ -56,8 +56,9 @@ class RunLog:
     waits, waits for it, and raises what failed. A run is flushed before it ends, so a
     FINISHED run holds all of its params and metrics, and a failed write (a full disk) fails
     the run, as a synchronous one did; a worker killed with SIGKILL loses those still
-    waiting (its run is ended FAILED by the next `tailbench run`). Tags stay synchronous: they say what a run is (its cell
-    key, its outcome), which other workers and re-runs look up at once. (MLflow's own
+    waiting (its run is ended FAILED by the next `tailbench run`). Tags stay synchronous:
+    they say what a run is (its cell key, its outcome), which other workers and re-runs look
+    up at once. (MLflow's own
     `log_batch(synchronous=False)` was measured and not taken: ending a run shuts its queue
     down, which waits up to a second for the queue's thread.)"""
 
