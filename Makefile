@@ -35,11 +35,15 @@ $(VENV): pyproject.toml
 	fi
 	@touch $(VENV)
 
+# two pytest-xdist workers (this machine's 2 cores; much of the suite waits on processes and
+# daemons); the tests that share a PostgreSQL or a SLURM cluster stay on one worker
+# (xdist_group). TEST_WORKERS=0 runs them in this one process.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
 
 lint: install
 	.venv/bin/ruff check .

@@ -22,7 +22,8 @@ from benchmark.cells import expand
 from studies.storage import open_studies
 from studies.tune import study_name
 
-pytestmark = pytest.mark.slow
+# one PostgreSQL and MLflow server for the module: its tests stay on one xdist worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("postgresql")]
 ROOT = Path(__file__).resolve().parents[1]
 # batch 8: the cnn learns the learnable images in two epochs (a fit that does not learn is
 # not a result, and its cell would end FAILED)
