@@ -38,7 +38,10 @@ from studies.storage import storage_url
 from tracking.store import tracking_uri
 
 LAUNCHERS = ("local", "slurm")
-POLL_S = 5.0  # seconds between looks at the jobs while waiting
+# seconds between looks at the jobs while waiting: a look is a stat of each job's result file
+# (submitit's Job.done); submitit spaces out its own sacct calls (2 s, then growing), as its
+# Job.wait, which looks every second. 5 s made a finished run wait up to 5 s for its command.
+POLL_S = 1.0
 CPU_WORKERS = 4  # the most `--workers auto` starts on a CPU (measured on 2 cores only)
 SAYS = {"finished": "finished", "skipped": "skipped (done before)", "failed": "failed",
         "helped": "helped with its trials", "elsewhere": "left to another worker"}
