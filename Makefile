@@ -36,14 +36,14 @@ $(VENV): pyproject.toml
 	@touch $(VENV)
 
 # two pytest-xdist workers (this machine's 2 cores; much of the suite waits on processes and
-# daemons); the tests that share a PostgreSQL or a SLURM cluster stay on one worker
-# (xdist_group). TEST_WORKERS=0 runs them in this one process.
+# daemons), a test module on one worker (loadfile: test_scale's PostgreSQL, test_slurm's
+# cluster and the modules' fixtures are made once). TEST_WORKERS=0: in this one process.
 TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 lint: install
 	.venv/bin/ruff check .

@@ -3,6 +3,7 @@ every other package's in its own format."""
 
 from __future__ import annotations
 
+import gc
 import re
 import subprocess
 import sys
@@ -20,6 +21,10 @@ def test_the_cli_prints_the_loaders_warning_as_one_line(cifar_dir, capsys, recwa
     """`tailbench train` on a CIFAR-10 copy whose checksums differ: main installs the format,
     the loader warns, the user reads one line; another category still reaches the hook that
     was there before (here pytest's recorder, in a terminal Python's own printer)."""
+    # what earlier tests of this process left to the garbage collector (a psycopg connection
+    # warns as it is collected) is theirs: collected and forgotten before this test's own
+    gc.collect()
+    recwarn.clear()
     assert main(["train", "--model", "cnn", "--dataset", "cifar10", "--data-dir",
                  str(cifar_dir), "--epochs", "1"]) == 0
     err = capsys.readouterr().err.splitlines()

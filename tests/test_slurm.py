@@ -21,9 +21,7 @@ from test_launchers import finished, repetitions, run_args
 
 from benchmark.app.cli import main
 
-# one cluster for the module: its tests stay on one xdist worker
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm"),
-              pytest.mark.filterwarnings("ignore:.*differ from the official")]
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*differ from the official")]
 ROOT = Path(__file__).resolve().parents[1]
 DAEMONS = ("slurmctld", "slurmd", "munged", "sbatch", "scontrol")
 missing = [d for d in DAEMONS if shutil.which(d, path=os.environ["PATH"] + ":/usr/sbin") is None]
