@@ -112,9 +112,10 @@ def tracking_overhead(ctx: Context) -> Row:
         untracked(tiny)
         learned.clear()
         recorded.clear()
-        # a quick cell takes most of a minute: two rounds keep this row near four minutes
+        # a quick cell takes most of a minute: three rounds (a median that one disturbed
+        # round does not move) keep this row near five minutes
         with_, without = alternate(partial(tracked, cell), partial(untracked, cell),
-                                   reps=min(ctx.reps, 2), device=ctx.device, warmup=0)
+                                   reps=min(ctx.reps, 3), device=ctx.device, warmup=0)
     runs = [(a - b, a) for a, b in zip(with_, without, strict=True)]  # (recording, wall)
     timed = statistics.median(recorded)
     return Row("tracking overhead (share of a quick cell)", "s/cell",
