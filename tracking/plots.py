@@ -82,9 +82,9 @@ def confusion_figure(cm: np.ndarray, classes: list[str], title: str,
     return fit_layout(fig)
 
 
-def _head_tail_legend(ax, loc: str = "upper right") -> None:
+def _head_tail_legend(ax, loc: str = "upper right", **kwargs) -> None:
     ax.legend(handles=[Patch(color=HEAD_COLOR, label="head class"),
-                       Patch(color=TAIL_COLOR, label="tail class (cut)")], loc=loc)
+                       Patch(color=TAIL_COLOR, label="tail class (cut)")], loc=loc, **kwargs)
 
 
 def _text_color(value: float, vmax: float) -> str:

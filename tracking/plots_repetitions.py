@@ -122,7 +122,8 @@ def per_class_accuracy_errorbars(means: list[float], stds: list[float], classes:
            xlabel="class", ylabel="test accuracy (%)",
            ylim=(0, max([108.0, *(t + 8 for t in tops)])))  # headroom for the bar labels
     ax.grid(axis="y", alpha=0.3)
-    _head_tail_legend(ax, loc="upper left")
+    # beside the axes: inside, it hid the bar labels and error bars that reach 100%
+    _head_tail_legend(ax, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     return fit_layout(fig)
 
 
