@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import statistics
+import time
 from functools import partial
 
 import pytest
@@ -30,12 +31,19 @@ def ctx() -> perf.Context:
     return perf.Context(torch.device("cpu"), tiny_data(), sizes, reps=1, workers=0)
 
 
-def test_alternate_runs_a_b_a_b_and_drops_the_warmup():
+def test_alternate_runs_a_b_then_b_a_and_drops_the_warmup():
     calls = []
     a, b = partial(calls.append, "a"), partial(calls.append, "b")
     ta, tb = perf.alternate(a, b, reps=2, device=torch.device("cpu"))
-    assert calls == ["a", "b"] * 3
+    assert calls == ["a", "b", "b", "a", "a", "b"]  # the warm-up round, then two kept
     assert len(ta) == len(tb) == 2 and all(t >= 0 for t in ta + tb)
+
+
+def test_alternate_keeps_each_fns_seconds_apart_in_either_order():
+    seconds = {"a": 0.0, "b": 0.02}
+    a, b = partial(time.sleep, seconds["a"]), partial(time.sleep, seconds["b"])
+    ta, tb = perf.alternate(a, b, reps=2, device=torch.device("cpu"), warmup=0)
+    assert max(ta) < 0.02 <= min(tb)  # the reversed round's times land on the right fn
 
 
 # whole cells, and the grid's shares (read from a benchmark's runs): tested on their own below

@@ -56,12 +56,15 @@ Comparison = Callable[[Context], "Row | list[Row]"]  # one row, or a few side by
 
 def alternate(*fns: Callable[[], object], reps: int, device: torch.device,
               warmup: int = 1) -> list[list[float]]:
-    """Seconds per call of each fn, called a, b, a, b, ...; the warm-up rounds are not kept."""
+    """Seconds per call of each fn, called a, b, then b, a, and so on (a drift of the machine
+    over the rounds, or a cost one call leaves to the next, falls on both alike); the warm-up
+    rounds are not kept."""
     sync = {"cuda": torch.cuda.synchronize, "mps": torch.mps.synchronize}.get(device.type,
                                                                               lambda: None)
     times: list[list[float]] = [[] for _ in fns]
     for i in range(warmup + reps):
-        for fn, kept in zip(fns, times, strict=True):
+        pairs = list(zip(fns, times, strict=True))
+        for fn, kept in pairs if i % 2 == 0 else reversed(pairs):
             sync()
             start = time.perf_counter()
             fn()
