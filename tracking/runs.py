@@ -58,9 +58,8 @@ class RunLog:
     the run, as a synchronous one did; a worker killed with SIGKILL loses those still
     waiting (its run is ended FAILED by the next `tailbench run`). Tags stay synchronous:
     they say what a run is (its cell key, its outcome), which other workers and re-runs look
-    up at once. (MLflow's own
-    `log_batch(synchronous=False)` was measured and not taken: ending a run shuts its queue
-    down, which waits up to a second for the queue's thread.)"""
+    up at once. (MLflow's own `log_batch(synchronous=False)` was measured and not taken:
+    ending a run shuts its queue down, which waits up to a second for the queue's thread.)"""
 
     def __init__(self, client: MlflowClient, run_id: str, experiment_id: str):
         self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
