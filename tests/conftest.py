@@ -216,3 +216,26 @@ def mounted_tmpfs(folder: Path, size_mb: int) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def text_off_canvas(fig) -> list[float]:
+    """How far (inches: left, bottom, right, top) what `fig` draws reaches past its canvas:
+    what saving it without bbox_inches="tight" cuts off (the tight box is what it crops to);
+    empty when nothing does."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    drawn = fig.get_tightbbox(FigureCanvasAgg(fig).get_renderer())
+    w, h = fig.get_size_inches()
+    past = [-drawn.x0, -drawn.y0, drawn.x1 - w, drawn.y1 - h]
+    return past if max(past) > 0.01 else []
+
+
+def assert_readable_svg(data: bytes) -> None:
+    """An SVG matplotlib drew: its size in points, and more than an empty canvas."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(data)
+    assert root.tag == "{http://www.w3.org/2000/svg}svg", root.tag
+    w, h = (float(root.get(k).removesuffix("pt")) for k in ("width", "height"))
+    assert 250 <= w <= 2000 and 100 <= h <= 2000, (w, h)
+    assert len(data) > 5000  # an empty canvas is far less

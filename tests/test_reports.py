@@ -11,6 +11,7 @@ import struct
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import text_off_canvas
 from scipy import stats as st
 
 from benchmark.metrics import (
@@ -200,18 +201,6 @@ def test_the_cells_figures_draw_nothing_off_their_canvas():
                 pr.reliability_diagram(m.calibration, title, 3)):
         assert_readable_png(plots.png_bytes(fig, tight=False))
         assert not text_off_canvas(fig), (fig.axes[0].get_title(), text_off_canvas(fig))
-
-
-def text_off_canvas(fig) -> list[float]:
-    """How far (inches: left, bottom, right, top) what `fig` draws reaches past its canvas:
-    what saving it without bbox_inches="tight" cuts off (the tight box is what it crops to);
-    empty when nothing does."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    drawn = fig.get_tightbbox(FigureCanvasAgg(fig).get_renderer())
-    w, h = fig.get_size_inches()
-    past = [-drawn.x0, -drawn.y0, drawn.x1 - w, drawn.y1 - h]
-    return past if max(past) > 0.01 else []
 
 
 def test_cross_cell_figures_render():

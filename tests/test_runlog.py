@@ -75,3 +75,37 @@ def test_writes_close_together_go_as_one_batch_and_a_late_one_at_once(store, mon
     assert sent == [(["lr"], [1, 2, 3, 4]), ([], [5, 6])]
     assert [m.step for m in store.client.get_metric_history(run_id, "train_loss")] == \
         [1, 2, 3, 4, 5, 6]
+
+
+def test_an_artifact_the_store_holds_short_fails_the_run(store, tmp_path, monkeypatch):
+    """log_artifacts checks what the store holds against what was written (a copy cut short
+    by a full disk): files in two folders land whole; one cut short fails the run, named."""
+    from pathlib import Path
+
+    from mlflow import MlflowClient
+
+    def write(folder: Path) -> None:
+        (folder / "figures").mkdir()
+        (folder / "figures" / "a.svg").write_text("<svg/>" * 100)
+        (folder / "reports").mkdir()
+        (folder / "reports" / "b.txt").write_text("b" * 300)
+
+    with store.cell_run("cell", {}) as run:
+        run.log_files(write)
+        whole = run.run_id
+    assert {a.path for a in store.client.list_artifacts(whole, "figures")} == {"figures/a.svg"}
+
+    upload = MlflowClient.log_artifacts
+
+    def cut_short(self, run_id, local_dir, artifact_path=None):
+        upload(self, run_id, local_dir, artifact_path)
+        root = Path(self.get_run(run_id).info.artifact_uri.removeprefix("file://"))
+        (root / "reports" / "b.txt").write_text("b" * 10)  # what a full disk leaves
+
+    monkeypatch.setattr(MlflowClient, "log_artifacts", cut_short)
+    with pytest.raises(OSError, match=r"holds artifacts short: reports/b\.txt \(10 of 300"):
+        with store.cell_run("cell", {}) as run:
+            short = run.run_id
+            run.log_files(write)
+    assert store.client.get_run(short).info.status == "FAILED"
+    assert store.client.get_run(whole).info.status == "FINISHED"

@@ -109,9 +109,9 @@ def test_a_cell_is_a_top_level_run_with_its_repetitions_nested(store, data):
     assert len(json.loads(rep["tags.confusion"])) == 10
     assert len(client.get_run(rep["run_id"]).outputs.model_outputs) == 1  # its logged model
     figures = {a.path for a in client.list_artifacts(cnn["run_id"], "figures")}
-    assert {"figures/mean_accuracy.png", "figures/mean_loss.png",
-            "figures/per_class_accuracy_mean.png", "figures/reliability.png",
-            "figures/confusion_normalized.png"} <= figures
+    assert {"figures/mean_accuracy.svg", "figures/mean_loss.svg",
+            "figures/per_class_accuracy_mean.svg", "figures/reliability.svg",
+            "figures/confusion_normalized.svg"} <= figures
     oversampled = cells[cells["tags.remedy"] == "flip+noise"].iloc[0]
     flip = reps[reps["tags.mlflow.parentRunId"] == oversampled["run_id"]].iloc[0]
     assert "adds" in flip["tags.remedy_note"]

@@ -9,7 +9,7 @@ import math
 import optuna
 import pytest
 import torch
-from conftest import learnable_dataset
+from conftest import assert_readable_svg, learnable_dataset, text_off_canvas
 from mlflow import MlflowClient
 
 from benchmark.app import runner
@@ -23,8 +23,9 @@ from studies.space import SPACE, Param, check_space, searched, starting_point, s
 from studies.storage import open_studies, storage_url
 from studies.summary import StudySummary, TrialRecord
 from studies.tune import TuneOptions, default_pruner, study_name, tune_cell
+from tracking.plots import fit_layout
 from tracking.store import Store
-from tracking.study_plots import write_study_figures
+from tracking.study_plots import FIGURES, write_study_figures
 
 CPU = torch.device("cpu")
 BASE = dict(epochs=2, batch_size=8, lr=0.05, dataset="synthetic", profile="quick", trials=3)
@@ -142,11 +143,11 @@ def test_two_cell_study_nests_trials_marks_pruned_and_records_best(tmp_path, dat
         m = run.data.metrics
         assert (m["trials_complete"], m["trials_pruned"], m["trials_failed"]) == (2, 1, 0)
         assert m["trial_epochs"] == 2 + 1 + 2  # the pruned trial stopped after epoch 1
-        pngs = {a.path for a in client.list_artifacts(run.info.run_id, "optuna")}
-        # (importance.png needs complete trials that differ: not asked of 2-epoch trials)
-        expected = {"optuna/history.png", "optuna/intermediate.png"}
-        assert expected | ({"optuna/lr_sigma.png"} if cell.uses_sigma else set()) <= pngs
-        assert ("optuna/lr_sigma.png" in pngs) == cell.uses_sigma
+        figures = {a.path for a in client.list_artifacts(run.info.run_id, "optuna")}
+        # (importance.svg needs complete trials that differ: not asked of 2-epoch trials)
+        expected = {"optuna/history.svg", "optuna/intermediate.svg"}
+        assert expected | ({"optuna/lr_sigma.svg"} if cell.uses_sigma else set()) <= figures
+        assert ("optuna/lr_sigma.svg" in figures) == cell.uses_sigma
         study = optuna.load_study(study_name=study_name(cell),
                                   storage=open_studies(tuning.storage))
         assert [t.user_attrs["mlflow_run_id"] for t in study.trials] == [
@@ -318,16 +319,28 @@ def test_study_figures_are_drawn_from_plain_data(tmp_path):
     both = {"lr": {"low": 1e-3, "high": 10.0, "log": True, "unit": "SGD learning rate"},
             "sigma": {"low": 0.0, "high": 0.3, "log": False, "unit": "noise std"}}
     paths = write_study_figures(_summary(both), tmp_path / "a")
-    assert sorted(p.name for p in paths) == ["history.png", "importance.png",
-                                             "intermediate.png", "lr_sigma.png"]
+    assert sorted(p.name for p in paths) == ["history.svg", "importance.svg",
+                                             "intermediate.svg", "lr_sigma.svg"]
     for p in paths:
-        data = p.read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+        assert_readable_svg(p.read_bytes())
     only_lr = write_study_figures(_summary({"lr": both["lr"]}), tmp_path / "b")
-    assert sorted(p.name for p in only_lr) == ["history.png", "intermediate.png"]
+    assert sorted(p.name for p in only_lr) == ["history.svg", "intermediate.svg"]
     empty = dataclasses.replace(_summary(both), trials=[])
     assert write_study_figures(empty, tmp_path / "c") == []
 
+
+
+def test_study_figures_draw_nothing_off_their_canvas():
+    """They are saved uncropped, as tight_layout fits them: the legends beside or inside the
+    axes, the colour bar, the longest cell name in the titles all stay on the canvas."""
+    both = {"lr": {"low": 1e-3, "high": 10.0, "log": True, "unit": "SGD learning rate"},
+            "sigma": {"low": 0.0, "high": 0.3, "log": False, "unit": "noise std"}}
+    summary = dataclasses.replace(_summary(both),
+                                  name="resnet32 · long-tail · balanced-softmax [abc]")
+    drawn = {name: draw(summary) for name, draw in FIGURES.items()}
+    assert all(fig is not None for fig in drawn.values())
+    for name, fig in drawn.items():
+        assert not text_off_canvas(fit_layout(fig)), (name, text_off_canvas(fig))
 
 def test_runner_ups_are_only_trials_that_learned_on_validation():
     """The final fit falls back to the next best trials, but never to one that scored near

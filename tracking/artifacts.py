@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,22 +42,23 @@ def write_repetition_reports(out_dir: Path, m: CellMetrics, classes: list[str]) 
 
 def write_cell_summary(out_dir: Path, title: str, histories: list[list[dict[str, float]]],
                        ok: pd.DataFrame) -> list[Path]:
-    """figures/mean_{loss,accuracy}.png, figures/per_class_accuracy_mean.png and, from what
-    the repetitions recorded, figures/confusion_normalized.png (their confusion matrices
-    summed) and figures/reliability.png (their calibration bins summed), from the
+    """figures/mean_{loss,accuracy}.svg, figures/per_class_accuracy_mean.svg and, from what
+    the repetitions recorded, figures/confusion_normalized.svg (their confusion matrices
+    summed) and figures/reliability.svg (their calibration bins summed), from the
     repetitions that learned (`ok`: their rows of the results table, `histories`: their
     curves); nothing when none learned. Returns the files written."""
     if not len(ok):
         return []
     folder = Path(out_dir) / "figures"
-    # laid out by tight_layout when built (the cell's name on a title line of its own):
-    # saved as they are, without bbox_inches="tight"'s second draw (tests/test_reports.py
-    # checks that nothing they draw is cut off)
-    save = partial(plots.save_png, tight=False)
-    written = [save(plots_repetitions.mean_loss_curve(histories, title),
-                    folder / "mean_loss.png"),
-               save(plots_repetitions.mean_accuracy_curve(histories, title),
-                    folder / "mean_accuracy.png")]
+
+    def save(fig, name: str) -> Path:
+        # laid out by tight_layout when built (the cell's name on a title line of its own):
+        # saved as they are, without bbox_inches="tight"'s second draw (tests/test_reports.py
+        # checks that nothing they draw is cut off)
+        return plots.save_figure(fig, folder / f"{name}{plots.FIGURE_SUFFIX}", tight=False)
+
+    written = [save(plots_repetitions.mean_loss_curve(histories, title), "mean_loss"),
+               save(plots_repetitions.mean_accuracy_curve(histories, title), "mean_accuracy")]
     classes = json.loads(ok["classes"].iloc[0])
     tail = json.loads(ok["tail_classes"].iloc[0])
     names = class_metric_names(classes)
@@ -66,16 +66,15 @@ def write_cell_summary(out_dir: Path, title: str, histories: list[list[dict[str,
     stds = values.std(ddof=1) if len(ok) > 1 else pd.Series(np.nan, index=names)
     fig = plots_repetitions.per_class_accuracy_errorbars(
         values.mean().tolist(), stds.tolist(), classes, tail, title, n=len(ok))
-    written.append(save(fig, folder / "per_class_accuracy_mean.png"))
+    written.append(save(fig, "per_class_accuracy_mean"))
     confusion, n = pooled_json(ok, "confusion")
     if confusion is not None:
         fig = plots.confusion_figure(np.asarray(confusion), classes, title, normalized=True,
                                      pooled=n)
-        written.append(save(fig, folder / "confusion_normalized.png"))
+        written.append(save(fig, "confusion_normalized"))
     pooled, n = pooled_calibration(ok)
     if pooled:
-        written.append(save(plots_repetitions.reliability_diagram(pooled, title, n),
-                            folder / "reliability.png"))
+        written.append(save(plots_repetitions.reliability_diagram(pooled, title, n), "reliability"))
     return written
 
 

@@ -136,7 +136,10 @@ class RunLog:
         self.client.log_artifacts(self.run_id, str(folder), path)
         wrote = {str(Path(path or "", f.relative_to(folder))): f.stat().st_size
                  for f in Path(folder).rglob("*") if f.is_file()}
-        held = self._sizes(path)
+        held = {info.path: info.file_size  # the folders written to, each listed once
+                for where in {str(Path(k).parent) for k in wrote}
+                for info in self.client.list_artifacts(self.run_id, None if where == "." else where)
+                if not info.is_dir}
         short = [f"{k} ({held.get(k, 0)} of {n} bytes)" for k, n in wrote.items()
                  if held.get(k) != n]
         if short:
@@ -150,15 +153,6 @@ class RunLog:
             write(Path(tmp))
             if any(Path(tmp).iterdir()):
                 self.log_artifacts(Path(tmp), path)
-
-    def _sizes(self, path: str | None) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for info in self.client.list_artifacts(self.run_id, path):
-            if info.is_dir:
-                out |= self._sizes(info.path)
-            else:
-                out[info.path] = info.file_size
-        return out
 
     def log_model(self, model, example, tags: dict[str, object]) -> None:
         """The run's logged model (tracking/models.py), linked to its step-0 metrics."""

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 
 from matplotlib.figure import Figure  # noqa: E402
 
-from tracking.plots import save_png  # noqa: E402
+from tracking.plots import FIGURE_SUFFIX, fit_layout, save_figure  # noqa: E402
 
 COMPLETE_COLOR, PRUNED_COLOR, BEST_COLOR = "#4C72B0", "#9A9A9A", "#C44E52"
 DIVERGED_COLOR = "#DD8452"
@@ -73,7 +73,7 @@ def history_figure(summary) -> Figure:
     xs, ys = _best_so_far(summary.trials)
     if xs:
         ax.step(xs, ys, where="post", color=BEST_COLOR, label="best so far")
-    ax.set(title=f"Optimisation history: {summary.name}", xlabel="trial",
+    ax.set(title=f"{summary.name}\noptimisation history", xlabel="trial",
            ylabel=_ylabel(summary))
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
@@ -91,7 +91,7 @@ def importance_figure(summary) -> Figure | None:
     bars = ax.barh([k for k, _ in items], [v for _, v in items], color=COMPLETE_COLOR)
     ax.bar_label(bars, fmt="%.2f", padding=3)
     n = sum(t.state == "COMPLETE" for t in summary.trials)  # few trials: a rough estimate
-    ax.set(title=f"Parameter importance (fANOVA, {n} complete trials): {summary.name}",
+    ax.set(title=f"{summary.name}\nparameter importance (fANOVA, {n} complete trials)",
            xlabel=f"share of the variance of the {summary.objective}", xlim=(0, 1.1))
     return fig
 
@@ -125,7 +125,7 @@ def lr_sigma_figure(summary) -> Figure | None:
     lr, sigma = summary.space["lr"], summary.space["sigma"]
     pad = 0.05 * (sigma["high"] - sigma["low"])  # so points on the bounds stay whole
     ax.set(xscale="log" if lr.get("log") else "linear", xlim=(lr["low"] / 1.3, lr["high"] * 1.3),
-           ylim=(sigma["low"] - pad, sigma["high"] + pad), title=f"lr × sigma: {summary.name}",
+           ylim=(sigma["low"] - pad, sigma["high"] + pad), title=f"{summary.name}\nlr × sigma",
            xlabel=f"lr ({lr.get('unit') or 'learning rate'}, log scale)",
            ylabel=f"sigma ({sigma.get('unit') or 'noise std'})")
     ax.legend(loc="best", fontsize="small")
@@ -144,7 +144,7 @@ def intermediate_figure(summary) -> Figure | None:
         ax.plot(epochs, [_pct(t.intermediate[e]) for e in epochs], marker=".",
                 linestyle="-" if t.state == "COMPLETE" else "--", color=f"C{i % 10}",
                 label=f"trial {t.number} ({'diverged' if _diverged(t) else t.state.lower()})")
-    ax.set(title=f"Validation curves per trial: {summary.name}", xlabel="epoch",
+    ax.set(title=f"{summary.name}\nvalidation curves per trial", xlabel="epoch",
            ylabel=_ylabel(summary))
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
@@ -158,12 +158,15 @@ FIGURES = {"history": history_figure, "importance": importance_figure,
 
 
 def write_study_figures(summary, folder: Path) -> list[Path]:
-    """Every figure the summary supports as folder/<name>.png; [] for a study without trials."""
+    """Every figure the summary supports as folder/<name>.svg; [] for a study without trials.
+    Each is laid out once by tight_layout and saved as it is (no bbox_inches="tight" redraw:
+    tests/test_studies.py checks that nothing they draw is cut off)."""
     if not summary.trials:
         return []
     out = []
     for name, draw in FIGURES.items():
         fig = draw(summary)
         if fig is not None:
-            out.append(save_png(fig, Path(folder) / f"{name}.png"))
+            out.append(save_figure(fit_layout(fig), Path(folder) / f"{name}{FIGURE_SUFFIX}",
+                                   tight=False))
     return out
