@@ -143,9 +143,17 @@ def test_bad_reps_is_an_error_a_user_can_act_on(ctx, monkeypatch):
 
 
 def test_whole_cell_comparisons_time_tracking_and_count_pruned_epochs(ctx):
+    import torch
+
+    from benchmark.app.launchers import auto_threads
+
+    threads = torch.get_num_threads()
     overhead = perf_cells.tracking_overhead(ctx)
+    assert torch.get_num_threads() == threads  # a worker's thread count only for the row
     assert overhead.upper and overhead.percent and overhead.target == 0.03
-    # a round: (seconds recording = tracked - untracked, the tracked cell's wall seconds)
+    n = auto_threads()
+    assert f"{n} torch thread{'s' * (n > 1)} as a make benchmark worker" in overhead.note
+    # a round: (CPU seconds recording = tracked - untracked, the tracked cell's wall seconds)
     assert len(overhead.runs) == ctx.reps and all(0 < w for _, w in overhead.runs)
     assert overhead.baseline == statistics.median(w for _, w in overhead.runs)
     assert overhead.ratio == statistics.median(r / w for r, w in overhead.runs) < 1

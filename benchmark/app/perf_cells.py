@@ -2,7 +2,8 @@
 
 4. Tracking overhead: a quick cell (the quick profile's cnn long-tail cell, its study
    included) with MLflow tracking (a real SQLite store) and without it (a Recorder that
-   records nothing and draws no figure), alternated in one process; the difference is what
+   records nothing and draws no figure), alternated in one process, each at the torch
+   threads of one of `make benchmark`'s workers; the difference in CPU seconds is what
    recording costs (params, metrics, figures, reports, the logged models, the statistics
    and figures over repetitions and of the study), as a share of the tracked cell's wall time.
 5. Pruning saving: the epochs a pruned Optuna study trains, against its trials run to the end.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import statistics
 import tempfile
 import time
@@ -20,6 +22,9 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
+import torch
+
+from benchmark.app.launchers import auto_threads
 from benchmark.app.perf_timing import Context, Row, alternate
 from benchmark.app.repetitions import cut, summarize_cell
 from benchmark.app.runner import _record_cell, run_cell
@@ -80,53 +85,86 @@ class Timed:
         self.seconds[0] += time.perf_counter() - start
 
 
+def _cpu_seconds() -> float:
+    """This process's CPU time, all its threads (the writer thread's too) and the children
+    it waited for (git)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def tracking_overhead(ctx: Context) -> Row:
     """The quick cnn cell tracked (a real SQLite store; as runner._own runs it: its params,
     study, repetitions and summary) against the same cell on NullRunLog, alternated, after one
     small warm-up cell of each (the process's first figure, export and store calls import
-    their libraries, about 2 s: a worker pays that once, not per cell)."""
+    their libraries, about 2 s: a worker pays that once, not per cell).
+
+    On a CPU both train at the torch threads of one of `make benchmark`'s workers (one on a
+    2-core machine: the cell as the grid trains it, every core busy with a worker). The row
+    is the CPU seconds the tracked cell takes beyond the untracked one: with every core
+    busy that is what recording adds to the grid's wall time, counting the store writes
+    that a background thread makes (an idle core would hide those from a wall-clock
+    difference). Without spare threads the CPU time of a cell is also steadier than its
+    wall time."""
     cell = quick_cell(ctx)
     # small, and it learns (balanced, 2 epochs at lr 0.05): so its model is exported and its
     # figures drawn, which is what the warm-up is for
     tiny = dataclasses.replace(cell, variant="balanced", epochs=2, seeds=1, trials=2, lr=0.05,
                                train_limit=min(1000, cell.train_limit or 1000),
                                test_limit=min(200, cell.test_limit or 200))
-    with tempfile.TemporaryDirectory() as tmp:
+    threads = auto_threads() if ctx.device.type == "cpu" else None
+    cpu: dict[str, list[float]] = {"tracked": [], "untracked": []}
+    with tempfile.TemporaryDirectory() as tmp, _threads(threads):
         store = Store(f"sqlite:///{tmp}/mlflow.db", "tailbench/perf")
         journals = (TuneOptions(str(Path(tmp) / f"optuna-{i}.journal")) for i in itertools.count())
         learned, recorded = [], []
 
         def tracked(c: Cell) -> None:
-            seconds = [0.0]
+            seconds, start = [0.0], _cpu_seconds()
             with store.cell_run(c.name, {}) as log:
                 run = Timed(log, seconds)
                 _record_cell(run, c, ctx.data, ctx.device, {})
                 learned.append(run_cell(c, ctx.data, run, ctx.device, tuning=next(journals)))
                 summarize_cell(store, run, c)
             recorded.append(seconds[0])
+            cpu["tracked"].append(_cpu_seconds() - start)
 
         def untracked(c: Cell) -> None:  # a fresh study each time: an old one would train no trial
+            start = _cpu_seconds()
             run_cell(c, ctx.data, NullRunLog(), ctx.device, tuning=next(journals))
+            cpu["untracked"].append(_cpu_seconds() - start)
 
         tracked(tiny)
         untracked(tiny)
-        learned.clear()
-        recorded.clear()
-        # a quick cell takes most of a minute: three rounds (a median that one disturbed
-        # round does not move) keep this row near five minutes
+        for done in (learned, recorded, *cpu.values()):
+            done.clear()
+        # a quick cell takes about a minute on one thread: three rounds (a median that one
+        # disturbed round does not move) keep this row near seven minutes
         with_, without = alternate(partial(tracked, cell), partial(untracked, cell),
                                    reps=min(ctx.reps, 3), device=ctx.device, warmup=0)
-    runs = [(a - b, a) for a, b in zip(with_, without, strict=True)]  # (recording, wall)
+    runs = [(a - b, w) for a, b, w in zip(cpu["tracked"], cpu["untracked"], with_, strict=True)]
+    wall = statistics.median(a - b for a, b in zip(with_, without, strict=True))
     timed = statistics.median(recorded)
     return Row("tracking overhead (share of a quick cell)", "s/cell",
                statistics.median(r for r, _ in runs), statistics.median(with_),
                statistics.median(r / w for r, w in runs), target=TRACKING_TARGET,
                percent=True, upper=True, runs=runs,
-               note=f"seconds tracked - untracked / the tracked cell's wall time; {cell.name}, "
-                    f"{cell.seeds} repetitions of {cell.epochs} epochs, {cell.trials} trials; "
-                    f"recording calls timed directly: {timed:.2f} s "
-                    f"({timed / statistics.median(with_):.1%}); "
-                    f"{min(learned)} of {cell.seeds} learned in the worst tracked round")
+               note=f"CPU seconds tracked - untracked / the tracked cell's wall time; {cell.name}, "
+                    f"{cell.seeds} repetitions of {cell.epochs} epochs, {cell.trials} trials"
+                    + (f", {threads} torch thread{'s' * (threads > 1)} as a make benchmark "
+                       "worker" if threads else "")
+                    + f"; wall-clock difference {wall:.2f} s; recording calls timed directly: "
+                      f"{timed:.2f} s ({timed / statistics.median(with_):.1%}); "
+                      f"{min(learned)} of {cell.seeds} learned in the worst tracked round")
 
 
 def pruning_saving(ctx: Context) -> Row:
