@@ -23,7 +23,6 @@ from studies.space import SPACE, Param, check_space, searched, starting_point, s
 from studies.storage import open_studies, storage_url
 from studies.summary import StudySummary, TrialRecord
 from studies.tune import TuneOptions, default_pruner, study_name, tune_cell
-from tracking.plots import fit_layout
 from tracking.store import Store
 from tracking.study_plots import FIGURES, write_study_figures
 
@@ -340,7 +339,7 @@ def test_study_figures_draw_nothing_off_their_canvas():
     drawn = {name: draw(summary) for name, draw in FIGURES.items()}
     assert all(fig is not None for fig in drawn.values())
     for name, fig in drawn.items():
-        assert not text_off_canvas(fit_layout(fig)), (name, text_off_canvas(fig))
+        assert not text_off_canvas(fig), (name, text_off_canvas(fig))
 
 def test_runner_ups_are_only_trials_that_learned_on_validation():
     """The final fit falls back to the next best trials, but never to one that scored near

@@ -78,7 +78,7 @@ def history_figure(summary) -> Figure:
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
-    return fig
+    return fit_layout(fig)
 
 
 def importance_figure(summary) -> Figure | None:
@@ -93,7 +93,7 @@ def importance_figure(summary) -> Figure | None:
     n = sum(t.state == "COMPLETE" for t in summary.trials)  # few trials: a rough estimate
     ax.set(title=f"{summary.name}\nparameter importance (fANOVA, {n} complete trials)",
            xlabel=f"share of the variance of the {summary.objective}", xlim=(0, 1.1))
-    return fig
+    return fit_layout(fig)
 
 
 def lr_sigma_figure(summary) -> Figure | None:
@@ -129,7 +129,7 @@ def lr_sigma_figure(summary) -> Figure | None:
            xlabel=f"lr ({lr.get('unit') or 'learning rate'}, log scale)",
            ylabel=f"sigma ({sigma.get('unit') or 'noise std'})")
     ax.legend(loc="best", fontsize="small")
-    return fig
+    return fit_layout(fig)
 
 
 def intermediate_figure(summary) -> Figure | None:
@@ -150,7 +150,7 @@ def intermediate_figure(summary) -> Figure | None:
     ax.grid(alpha=0.3)
     if len(trials) <= 12:  # beside the axes: the curves fill every corner
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
-    return fig
+    return fit_layout(fig)
 
 
 FIGURES = {"history": history_figure, "importance": importance_figure,
@@ -159,14 +159,13 @@ FIGURES = {"history": history_figure, "importance": importance_figure,
 
 def write_study_figures(summary, folder: Path) -> list[Path]:
     """Every figure the summary supports as folder/<name>.svg; [] for a study without trials.
-    Each is laid out once by tight_layout and saved as it is (no bbox_inches="tight" redraw:
-    tests/test_studies.py checks that nothing they draw is cut off)."""
+    Each figure is laid out once by tight_layout when built, and saved as it is (no
+    bbox_inches="tight" redraw: tests/test_studies.py checks that nothing is cut off)."""
     if not summary.trials:
         return []
     out = []
     for name, draw in FIGURES.items():
         fig = draw(summary)
         if fig is not None:
-            out.append(save_figure(fit_layout(fig), Path(folder) / f"{name}{FIGURE_SUFFIX}",
-                                   tight=False))
+            out.append(save_figure(fig, Path(folder) / f"{name}{FIGURE_SUFFIX}", tight=False))
     return out

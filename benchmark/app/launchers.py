@@ -43,6 +43,8 @@ LAUNCHERS = ("local", "slurm")
 # Job.wait, which looks every second. 5 s made a finished run wait up to 5 s for its command.
 POLL_S = 1.0
 CPU_WORKERS = 4  # the most `--workers auto` starts on a CPU (measured on 2 cores only)
+SAYS = {"finished": "finished", "skipped": "skipped (done before)", "failed": "failed",
+        "helped": "helped with its trials", "elsewhere": "left to another worker"}
 
 
 def auto_threads() -> int:
@@ -50,8 +52,6 @@ def auto_threads() -> int:
     cells enough for them all): its cores split between them."""
     cores = os.cpu_count() or 1
     return max(1, cores // min(cores, CPU_WORKERS))
-SAYS = {"finished": "finished", "skipped": "skipped (done before)", "failed": "failed",
-        "helped": "helped with its trials", "elsewhere": "left to another worker"}
 
 
 @dataclass(frozen=True)
