@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -27,6 +28,18 @@ HYP = {
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+
+_fit_cpu = [0.0]  # see fit_cpu_seconds
+_fit_cpu_lock = threading.Lock()  # trials train in threads
+
+
+def fit_cpu_seconds() -> float:
+    """CPU seconds that fit's epochs (training and evaluating, not the epoch callback) took
+    so far in this process, summed over its fits. Counted per thread (time.thread_time):
+    torch's own intra-op threads are not in it, so it is all of a fit's compute only at one
+    torch thread. `make perf` takes it from a cell's CPU time, which leaves what the cell
+    spent on anything but training."""
+    return _fit_cpu[0]
 
 
 class History(list):
@@ -275,15 +288,19 @@ def fit(model: nn.Module, train: Split, test: Split, *, epochs: int,
                           weight_decay=weight_decay)
     history = History()
     for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
-        metrics = train_one_epoch(model, opt, train, batch_size, gen, augment, progress,
-                                  precision, epoch, epochs)
-        if not math.isfinite(metrics["train_loss"]):
-            raise Diverged(epoch, metrics["train_loss"])
-        evaluated = time.perf_counter()
-        ev = evaluate(model, test, batch_size, precision)
-        if not math.isfinite(ev["loss"]):  # the epoch's last step can break the weights too
-            raise Diverged(epoch, ev["loss"])
+        start, cpu = time.perf_counter(), time.thread_time()
+        try:
+            metrics = train_one_epoch(model, opt, train, batch_size, gen, augment, progress,
+                                      precision, epoch, epochs)
+            if not math.isfinite(metrics["train_loss"]):
+                raise Diverged(epoch, metrics["train_loss"])
+            evaluated = time.perf_counter()
+            ev = evaluate(model, test, batch_size, precision)
+            if not math.isfinite(ev["loss"]):  # the epoch's last step can break the weights
+                raise Diverged(epoch, ev["loss"])
+        finally:
+            with _fit_cpu_lock:
+                _fit_cpu[0] += time.thread_time() - cpu
         end = time.perf_counter()
         metrics |= {"test_loss": ev["loss"], "test_acc": ev["acc"],
                     "test_balanced_acc": ev["balanced_acc"],

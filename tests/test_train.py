@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -137,6 +138,24 @@ def test_divergence_in_the_last_step_is_caught(learnable_split):
     train, test = _subset(learnable_split[0], 64), _subset(learnable_split[1], 20)
     with pytest.raises(Diverged):
         _fit(train, test, epochs=1, batch_size=64, lr=float("inf"))
+
+
+def test_fit_counts_the_cpu_of_its_epochs_and_not_of_its_callback(learnable_split):
+    train, test = _subset(learnable_split[0], 64), _subset(learnable_split[1], 20)
+
+    def busy(epoch, metrics):  # 60 ms of CPU per epoch: a recorder's, not the training's
+        end = time.thread_time() + 0.06
+        while time.thread_time() < end:
+            pass
+
+    before, cpu = train_mod.fit_cpu_seconds(), time.thread_time()
+    _fit(train, test, epochs=2, batch_size=16, callback=busy)
+    counted, spent = train_mod.fit_cpu_seconds() - before, time.thread_time() - cpu
+    assert 0 < counted < spent - 0.12  # the model's building is not counted either
+    before = train_mod.fit_cpu_seconds()
+    with pytest.raises(Diverged):  # an epoch that broke was trained all the same
+        _fit(train, test, epochs=1, batch_size=64, lr=float("inf"))
+    assert train_mod.fit_cpu_seconds() > before
 
 
 def test_zero_epochs_train_nothing(learnable_split):

@@ -209,7 +209,11 @@ def _fmt(v: float) -> str:
 
 
 def _ratio(v: float | None, percent: bool) -> str:
-    return "-" if v is None else (f"{v:.0%}" if percent else f"{v:.2f}x")
+    """A speedup as 1.23x; a share as 45%, or 3.5% below 10% (where "3% <= 3% NO" would
+    hide why)."""
+    if v is None:
+        return "-"
+    return (f"{v:.1%}" if abs(v) < 0.1 else f"{v:.0%}") if percent else f"{v:.2f}x"
 
 
 def table(rows: list[Row]) -> str:
