@@ -81,8 +81,8 @@ class Objective:
                 trial.set_user_attr("mlflow_run_id", log.run_id)
                 log.log_params({"trial_number": trial.number, **params})
                 value = self._train(trial, params, log)
-                log.set_tags({"state": "COMPLETE"})
                 log.log_metrics({"value": value})
+                log.set_tags({"state": "COMPLETE"})  # in one store write with the metrics
                 return value
         except KeyboardInterrupt:
             # Optuna fails the trial; its point is queued again, as a dead worker's is, so the

@@ -77,6 +77,29 @@ def test_writes_close_together_go_as_one_batch_and_a_late_one_at_once(store, mon
         [1, 2, 3, 4, 5, 6]
 
 
+def test_a_tag_takes_the_waiting_params_and_metrics_along_in_one_write(store, monkeypatch):
+    """A trial ends with its value and its state tag: one store write, not a tag's and then
+    the flush's; what went with the tag is in the FINISHED run."""
+    from tracking import runs
+
+    batches = []
+    real = store.client.log_batch
+    monkeypatch.setattr(store.client, "log_batch",
+                        lambda run_id, **kw: (batches.append(kw), real(run_id, **kw))[1])
+    monkeypatch.setattr(runs, "_clock", lambda: 100.0)  # nothing is due: it all waits
+    with store.cell_run("cell", {}) as run:
+        run.log_params({"lr": 0.1})
+        run.log_metrics({"value": 0.5})
+        run.set_tags({"state": "COMPLETE"})
+        run_id = run.run_id
+    sent = [([p.key for p in b["params"]], [m.key for m in b["metrics"]],
+             [t.key for t in b["tags"]]) for b in batches]
+    assert sent == [(["lr"], ["value"], ["state"])]
+    got = store.client.get_run(run_id)
+    assert got.info.status == "FINISHED" and got.data.params == {"lr": "0.1"}
+    assert got.data.metrics == {"value": 0.5} and got.data.tags["state"] == "COMPLETE"
+
+
 def test_an_artifact_the_store_holds_short_fails_the_run(store, tmp_path, monkeypatch):
     """log_artifacts checks what the store holds against what was written (a copy cut short
     by a full disk): files in two folders land whole; one cut short fails the run, named."""

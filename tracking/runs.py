@@ -58,7 +58,7 @@ class RunLog:
     the run, as a synchronous one did; a worker killed with SIGKILL loses those still
     waiting (its run is ended FAILED by the next `tailbench run`). Tags stay synchronous:
     they say what a run is (its cell key, its outcome), which other workers and re-runs look
-    up at once. (MLflow's own `log_batch(synchronous=False)` was measured and not taken:
+    up at once; what waits goes with them. (MLflow's own `log_batch(synchronous=False)` was measured and not taken:
     ending a run shuts its queue down, which waits up to a second for the queue's thread.)"""
 
     def __init__(self, client: MlflowClient, run_id: str, experiment_id: str):
@@ -118,7 +118,17 @@ class RunLog:
                              for k, v in m.items()])
 
     def set_tags(self, tags: dict[str, object]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        """At once, and with the run's params and metrics that wait when they fit in the same
+        call (one store write instead of two: a trial's last tag and its last epochs)."""
+        tags = [RunTag(k, str(v)) for k, v in tags.items()]
+        params, metrics = [], []
+        with self._lock:
+            waiting = list(self._params.values())
+            if len(waiting) <= BATCH_PARAMS and \
+                    len(waiting) + len(self._metrics) + len(tags) <= BATCH_ENTITIES:
+                params, metrics = waiting, self._metrics
+                self._params, self._metrics, self._sent = {}, [], _clock()
+        self.client.log_batch(self.run_id, params=params, metrics=metrics, tags=tags)
 
     def log_dataset(self, name: str, digest: str, path: str, context: str,
                     tags: dict[str, str] | None = None) -> None:
