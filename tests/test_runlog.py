@@ -65,7 +65,7 @@ def test_writes_close_together_go_as_one_batch_and_a_late_one_at_once(store, mon
     with store.cell_run("cell", {}) as run:
         run.log_params({"lr": 0.1})  # waits: the run was created just now
         for epoch in range(1, 6):
-            clock[0] += 0.5
+            clock[0] += runs.WRITE_EVERY / 4
             run.log_metrics({"train_loss": 1 / epoch}, step=epoch)
         # epochs 1-3 waited; epoch 4 came WRITE_EVERY after the run's creation: all went
         clock[0] += runs.WRITE_EVERY

@@ -23,7 +23,7 @@ from tracking.access import NoSpace
 from tracking.models import log_model
 
 KIND = "tailbench_kind"  # tag: "cell" (top level), "repetition" or "trial" (nested under it)
-WRITE_EVERY = 2.0  # seconds: a run's params and metrics logged sooner after its last write wait
+WRITE_EVERY = 5.0  # seconds: a run's params and metrics logged sooner after its last write wait
 BATCH_PARAMS, BATCH_ENTITIES = 100, 1000  # what one MLflow log_batch takes at most
 _clock = time.monotonic
 
@@ -48,18 +48,19 @@ class RunLog:
     benchmark.recording.Recorder.
 
     Params and metrics are written behind, and in batches: a run's writes that come within
-    WRITE_EVERY seconds of its last one (or of its creation) wait to go with the next (a
-    trial's epochs take well under a second; an epoch that takes longer still shows in the
-    UI at once), and each batch is one `log_batch` in one background thread per process, in
-    order, while training goes on. A store write costs about 5 ms of Python whatever it
-    holds, taken from the thread that runs the training loop's Python. `flush` sends what
-    waits, waits for it, and raises what failed. A run is flushed before it ends, so a
-    FINISHED run holds all of its params and metrics, and a failed write (a full disk) fails
-    the run, as a synchronous one did; a worker killed with SIGKILL loses those still
-    waiting (its run is ended FAILED by the next `tailbench run`). Tags stay synchronous:
-    they say what a run is (its cell key, its outcome), which other workers and re-runs look
-    up at once; what waits goes with them. (MLflow's own `log_batch(synchronous=False)` was measured and not taken:
-    ending a run shuts its queue down, which waits up to a second for the queue's thread.)"""
+    WRITE_EVERY seconds of its last one (or of its creation) wait to go with the next (a quick
+    trial's epochs take under a second, its whole training a few: it goes in one or two writes;
+    an epoch that takes longer still shows in the UI at once), and each batch is one `log_batch`
+    in one background thread per process, in order, while training goes on. A store write costs
+    about 5 ms of Python whatever it holds, taken from the thread that runs the training loop's
+    Python. `flush` sends what waits, waits for it, and raises what failed. A run is flushed
+    before it ends, so a FINISHED run holds all of its params and metrics, and a failed write (a
+    full disk) fails the run, as a synchronous one did; a worker killed with SIGKILL loses those
+    still waiting (its run is ended FAILED by the next `tailbench run`). Tags stay synchronous:
+    they say what a run is (its cell key, its outcome), which other workers and re-runs look up
+    at once; what waits goes with them. (MLflow's own `log_batch(synchronous=False)` was
+    measured and not taken: ending a run shuts its queue down, which waits up to a second for
+    the queue's thread.)"""
 
     def __init__(self, client: MlflowClient, run_id: str, experiment_id: str):
         self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
