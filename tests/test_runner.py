@@ -66,9 +66,12 @@ def runs_of(store, kind):
                               filter_string=f"tags.tailbench_kind = '{kind}'")
 
 
-def test_a_cell_is_a_top_level_run_with_its_repetitions_nested(store, data):
+def test_a_cell_is_a_top_level_run_with_its_repetitions_nested(store, data, monkeypatch):
+    settled = []  # counted, not done: freezing would keep this test process's heap for good
+    monkeypatch.setattr(runner, "settle_heap", lambda: settled.append(1))
     outcomes = run(store, data)
     assert [o.status for o in outcomes] == ["finished", "finished"]
+    assert len(settled) == 2  # before each cell
     cells = cell_runs(store)
     assert len(cells) == 2 and set(cells["status"]) == {"FINISHED"}
     # one row per cell in the runs table: no parent above the cells, no invocation runs
@@ -115,6 +118,27 @@ def test_a_cell_is_a_top_level_run_with_its_repetitions_nested(store, data):
     oversampled = cells[cells["tags.remedy"] == "flip+noise"].iloc[0]
     flip = reps[reps["tags.mlflow.parentRunId"] == oversampled["run_id"]].iloc[0]
     assert "adds" in flip["tags.remedy_note"]
+
+
+def test_settling_the_heap_collects_the_garbage_then_freezes_what_is_left():
+    import gc
+    import weakref
+
+    class Node:
+        pass
+
+    dead, live = Node(), Node()
+    dead.me, live.me = dead, live  # cycles: only the collector frees the dead one
+    gone = weakref.ref(dead)
+    del dead
+    try:
+        runner.settle_heap()
+        assert gone() is None  # collected, not frozen for good
+        assert gc.get_freeze_count() > 0
+        assert all(o is not live for o in gc.get_objects())  # frozen: no longer walked
+    finally:
+        gc.unfreeze()
+    assert any(o is live for o in gc.get_objects())
 
 
 def test_a_loss_remedy_cell_runs_and_its_repetition_names_the_loss(store, data):

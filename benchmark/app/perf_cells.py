@@ -28,7 +28,7 @@ import torch
 from benchmark.app.launchers import auto_threads
 from benchmark.app.perf_timing import Context, Row, alternate
 from benchmark.app.repetitions import cut, summarize_cell
-from benchmark.app.runner import _record_cell, run_cell
+from benchmark.app.runner import _record_cell, run_cell, settle_heap
 from benchmark.cells import Cell, expand
 from benchmark.recording import NullRunLog, Recorder
 from benchmark.train import fit_cpu_seconds
@@ -133,6 +133,7 @@ def tracking_overhead(ctx: Context) -> Row:
     @contextmanager
     def counted(kind: str) -> Iterator[None]:
         start, fitting = _cpu_seconds(), fit_cpu_seconds()
+        settle_heap()  # as run_grid does before each cell
         yield
         cpu[kind].append((_cpu_seconds() - start, fit_cpu_seconds() - fitting))
 

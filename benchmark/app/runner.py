@@ -12,6 +12,7 @@ std, 95% CI over the repetitions that learned) are computed again from all of th
 from __future__ import annotations
 
 import dataclasses
+import gc
 import time
 import uuid
 from dataclasses import dataclass
@@ -109,6 +110,18 @@ def run_cell(cell: Cell, data: Dataset, run: Recorder, device: torch.device,
 
 
 
+def settle_heap() -> None:
+    """Collect the garbage, then freeze what is left (gc.freeze), before a cell. A worker's
+    heap holds some 800,000 objects of the libraries it imported (torch, MLflow, Optuna,
+    matplotlib), and every full collection walks them all: 0.4 to 0.5 s of CPU, about once a
+    tracked cell (a cell that records nothing makes almost no garbage). Frozen, they are not
+    walked again; what a cell leaves behind is collected before the next freeze, so no
+    garbage is kept. Measured on the quick cnn cell: its collections took 0.53 s, and 0.05 s
+    once frozen, with about 0.05 s for this call after a cell."""
+    gc.collect()
+    gc.freeze()
+
+
 def run_grid(entries: list[GridEntry], data: Dataset, store: Store, *, device: torch.device,
              invocation: Invocation | None = None, progress: bool = False,
              tuning: TuneOptions | None = None) -> list[Outcome]:
@@ -130,6 +143,7 @@ def run_grid(entries: list[GridEntry], data: Dataset, store: Store, *, device: t
     for i, entry in enumerate(tqdm(entries, desc="cells", unit="cell", disable=not progress,
                                    leave=False), 1):
         say = console.cell(i, len(entries), entry.cell.name)
+        settle_heap()
         outcomes.append(_run_entry(entry.cell, data, store, locks, invocation, say,
                                    device=device, progress=progress, tuning=tuning,
                                    tags=invocation.tags(i, entry.reference)))
