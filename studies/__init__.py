@@ -11,7 +11,7 @@ from benchmark.errors import UserError
 from studies.space import SPACE, Param, searched
 from studies.storage import open_studies, storage_url
 from studies.summary import StudySummary, TrialRecord
-from studies.tune import TuneOptions, TuneResult, study_name, tune_cell
+from studies.tune import TuneOptions, TuneResult, help_tune, study_name, tune_cell
 
 
 def _said_elsewhere(record: logging.LogRecord) -> bool:
@@ -35,4 +35,5 @@ def quiet_logs() -> None:
 
 
 __all__ = ["SPACE", "Param", "StudySummary", "TrialRecord", "TuneOptions", "TuneResult",
-           "open_studies", "quiet_logs", "searched", "storage_url", "study_name", "tune_cell"]
+           "help_tune", "open_studies", "quiet_logs", "searched", "storage_url", "study_name",
+           "tune_cell"]

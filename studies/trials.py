@@ -18,7 +18,9 @@ APIs only.
   Both happen under the gate, where a RUNNING trial with no `worker` mark can only be one
   whose worker died between asking and marking: it is failed the same way.
 - The worker waits until the last trials of the study, run by others, have ended (one may
-  die and need running again), so the best trial it reads is the study's final one.
+  die and need running again), so the best trial it reads is the study's final one. A
+  helper (`wait=False`: a worker that runs trials of a cell another worker owns) leaves once
+  every trial has started, for its next cell: the owner waits, and runs a dead one again.
 """
 
 from __future__ import annotations
@@ -48,12 +50,14 @@ def _gate(study: optuna.Study) -> str:
 
 class Workers:
     """The study's trials, run by this process's workers (threads: `jobs`) and any others on
-    the same storage, until the study holds `wanted` finished ones or `deadline` passes."""
+    the same storage, until the study holds `wanted` finished ones (`wait`; else until all of
+    them have started) or `deadline` passes."""
 
     def __init__(self, study: optuna.Study, locks: Locks, journal: bool, wanted: int,
-                 deadline: float | None = None, progress: bool = False) -> None:
+                 deadline: float | None = None, progress: bool = False,
+                 wait: bool = True) -> None:
         self.study, self.locks, self.journal = study, locks, journal
-        self.wanted, self.deadline = wanted, deadline
+        self.wanted, self.deadline, self.wait = wanted, deadline, wait
         self.dead: list[FrozenTrial] = []  # trials of dead workers this process failed
         self._bar = tqdm(total=wanted, initial=min(wanted, self._counts()[0]), desc="trials",
                          unit="trial", disable=not progress, leave=False)
@@ -89,7 +93,8 @@ class Workers:
                 try:
                     self._fail_dead()
                     finished, running = self._counts()
-                    if finished >= self.wanted:
+                    if finished >= self.wanted or (
+                            not self.wait and finished + running >= self.wanted):
                         return
                     if finished + running < self.wanted:
                         self.study.optimize(_Marked(make(), gate, me), n_trials=1)

@@ -164,9 +164,28 @@ def tune_cell(cell: Cell, data: Dataset, device: torch.device, run: Recorder,
     `seed` its seed (default `cell.repetition_seed(0)`): it draws the validation split, and
     every trial's initial weights and batch order. Each trial is a nested run of `run`. A
     study that already holds enough trials trains nothing and gives its best."""
+    study, options, url = _study(cell, run, options)
+    dead = _optimize(study, cell, data, device, run, options, seed, url, wait=True)
+    result = _result(study, searched(cell, options.space), cell.seed, url)
+    result.dead_runs = _run_ids(dead)
+    return result
+
+
+def help_tune(cell: Cell, data: Dataset, device: torch.device, run: Recorder,
+              options: TuneOptions | None = None, *, seed: int | None = None) -> list[str]:
+    """Run trials of a cell's study beside its owner (who calls `tune_cell`), as `tune_cell`
+    does, but leave as soon as every trial the study needs has started: the owner waits for
+    the last ones to end, and runs again any whose worker dies. Returns the MLflow runs of the
+    dead workers' trials found on the way."""
+    study, options, url = _study(cell, run, options)
+    return _run_ids(_optimize(study, cell, data, device, run, options, seed, url, wait=False))
+
+
+def _study(cell: Cell, run: Recorder, options: TuneOptions | None
+           ) -> tuple[optuna.Study, TuneOptions, str]:
+    """The cell's study, opened (its first trial the cell's own values) and named on `run`."""
     options = options or TuneOptions()
-    space = options.space
-    check_space(space)
+    check_space(options.space)
     url = storage_url(options.storage)
     pruner, pruner_name = pruner_of(cell, options.pruner)
     study = _open_study(cell, open_studies(url), pruner)
@@ -174,25 +193,26 @@ def tune_cell(cell: Cell, data: Dataset, device: torch.device, run: Recorder,
                   "optuna_pruner": pruner_name})
     if not study.get_trials(deepcopy=False):
         # the cell's own values first: tuning can then only improve on them (on validation)
-        study.enqueue_trial(starting_point(cell, space), skip_if_exists=True)
-    seed = cell.repetition_seed(0) if seed is None else seed
-    dead = _optimize(study, cell, data, device, run, space, options, seed, url)
-    result = _result(study, searched(cell, space), cell.seed, url)
-    result.dead_runs = [t.user_attrs["mlflow_run_id"] for t in dead
-                        if "mlflow_run_id" in t.user_attrs]
-    return result
+        study.enqueue_trial(starting_point(cell, options.space), skip_if_exists=True)
+    return study, options, url
+
+
+def _run_ids(trials: list) -> list[str]:
+    return [t.user_attrs["mlflow_run_id"] for t in trials if "mlflow_run_id" in t.user_attrs]
 
 
 def _optimize(study: optuna.Study, cell: Cell, data: Dataset, device: torch.device,
-              run: Recorder, space: tuple[Param, ...], options: TuneOptions, seed: int,
-              url: str) -> list:
-    """Run trials until the study holds `cell.trials` finished ones, whichever worker runs
-    them (studies/trials.py). Returns the dead workers' trials found on the way."""
+              run: Recorder, options: TuneOptions, seed: int | None, url: str, *,
+              wait: bool) -> list:
+    """Run trials until the study holds `cell.trials` finished ones (`wait`), or until all of
+    them have started, whichever worker runs them (studies/trials.py). Returns the dead
+    workers' trials found on the way."""
+    seed = cell.repetition_seed(0) if seed is None else seed
     deadline = None if options.timeout is None else time.monotonic() + options.timeout
     workers = Workers(study, open_locks(url), is_journal(url), cell.trials, deadline,
-                      options.progress)
+                      options.progress, wait=wait)
     return workers.run(lambda: Objective(cell, tuning_data(data, seed, device), device, run,
-                                         space, seed, {"locks": locks_place(url)}),
+                                         options.space, seed, {"locks": locks_place(url)}),
                        options.jobs)
 
 

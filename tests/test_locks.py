@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import optuna
@@ -112,3 +113,23 @@ def test_a_live_workers_trial_is_waited_for_not_failed(tmp_path):
         alive.release()
     # finished + running already make 1: nothing asked, nothing failed, still waiting
     assert [t.state for t in study.trials] == [TrialState.RUNNING]
+
+
+def test_a_helper_runs_the_trials_left_and_does_not_wait_for_a_live_workers_last_one(tmp_path):
+    journal = str(tmp_path / "optuna.journal")
+    study = _study_with_running_trial(journal, "owner:1:live")
+    alive = open_locks(journal).hold("worker owner:1:live")  # the cell's owner, training
+    try:
+        # no deadline: a helper that waited for the owner's trial would wait until it ends
+        helper = Workers(study, open_locks(journal), True, 3, wait=False)
+        dead = []
+        thread = threading.Thread(target=lambda: dead.extend(helper.run(lambda: _objective)))
+        thread.start()
+        thread.join(timeout=60)  # two trials of an instant objective take well under a second
+        assert not thread.is_alive(), "the helper waited for the owner's running trial"
+        assert dead == []
+    finally:
+        alive.release()
+    # it ran the two trials that were left, then left the owner's running one to the owner
+    assert [t.state for t in study.trials] == [TrialState.RUNNING, TrialState.COMPLETE,
+                                               TrialState.COMPLETE]

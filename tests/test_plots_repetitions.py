@@ -161,6 +161,10 @@ def test_per_class_error_bars_with_one_repetition_and_a_missing_class():
     assert bar_container(fig)[1].get_height() == 0  # the missing class: an empty slot
     assert "–" in [t.get_text() for t in ax.texts]
     assert "1 repetition" in ax.get_title() and "repetitions" not in ax.get_title()
+    balanced = plots_repetitions.per_class_accuracy_errorbars(
+        [0.5] * 5, [0.1] * 5, CLASSES, TAIL, "t", 2, cut=False)  # a tail named, not cut
+    assert [t.get_text() for t in balanced.axes[0].get_legend().get_texts()] == [
+        "head class", "tail class (not cut here)"]
     assert_readable_png(plots.png_bytes(fig))
     with pytest.raises(ValueError):
         plots_repetitions.per_class_accuracy_errorbars([0.5], [0.1, 0.1], ["a"], [], "t", 2)

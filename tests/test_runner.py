@@ -115,6 +115,8 @@ def test_a_cell_is_a_top_level_run_with_its_repetitions_nested(store, data, monk
     assert {"figures/mean_accuracy.svg", "figures/mean_loss.svg",
             "figures/per_class_accuracy_mean.svg", "figures/reliability.svg",
             "figures/confusion_normalized.svg"} <= figures
+    per_class = client.download_artifacts(cnn["run_id"], "figures/per_class_accuracy_mean.svg")
+    assert "tail class (cut)" in open(per_class).read()  # a long-tail cell cuts its tail
     oversampled = cells[cells["tags.remedy"] == "flip+noise"].iloc[0]
     flip = reps[reps["tags.mlflow.parentRunId"] == oversampled["run_id"]].iloc[0]
     assert "adds" in flip["tags.remedy_note"]

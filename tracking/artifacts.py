@@ -65,7 +65,8 @@ def write_cell_summary(out_dir: Path, title: str, histories: list[list[dict[str,
     values = ok.reindex(columns=names).astype(float)
     stds = values.std(ddof=1) if len(ok) > 1 else pd.Series(np.nan, index=names)
     fig = plots_repetitions.per_class_accuracy_errorbars(
-        values.mean().tolist(), stds.tolist(), classes, tail, title, n=len(ok))
+        values.mean().tolist(), stds.tolist(), classes, tail, title, n=len(ok),
+        cut=ok["variant"].iloc[0] != "balanced")  # a balanced set names a tail, cuts none
     written.append(save(fig, "per_class_accuracy_mean"))
     confusion, n = pooled_json(ok, "confusion")
     if confusion is not None:

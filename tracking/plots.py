@@ -92,9 +92,11 @@ def confusion_figure(cm: np.ndarray, classes: list[str], title: str,
     return fit_layout(fig)
 
 
-def _head_tail_legend(ax, loc: str = "upper right", **kwargs) -> None:
+def _head_tail_legend(ax, loc: str = "upper right", cut: bool = True, **kwargs) -> None:
+    """`cut`: whether the tail classes were cut in the training set (not on a balanced one)."""
+    tail = "tail class (cut)" if cut else "tail class (not cut here)"
     ax.legend(handles=[Patch(color=HEAD_COLOR, label="head class"),
-                       Patch(color=TAIL_COLOR, label="tail class (cut)")], loc=loc, **kwargs)
+                       Patch(color=TAIL_COLOR, label=tail)], loc=loc, **kwargs)
 
 
 def _text_color(value: float, vmax: float) -> str:

@@ -95,9 +95,11 @@ def mean_accuracy_curve(histories: list[list[dict[str, float]]], title: str) -> 
 
 
 def per_class_accuracy_errorbars(means: list[float], stds: list[float], classes: list[str],
-                                 tail_classes: list[int], title: str, n: int) -> Figure:
+                                 tail_classes: list[int], title: str, n: int,
+                                 cut: bool = True) -> Figure:
     """Mean accuracy per class over `n` repetitions (fractions in, percent drawn) with ±1 std
-    error bars (a NaN std draws none), tail classes coloured apart from the head."""
+    error bars (a NaN std draws none), tail classes coloured apart from the head; `cut`:
+    whether the training set cut them (False on a balanced one: the legend says so)."""
     if not len(means) == len(stds) == len(classes):
         raise ValueError(f"{len(means)} means, {len(stds)} stds, {len(classes)} classes")
 
@@ -123,7 +125,8 @@ def per_class_accuracy_errorbars(means: list[float], stds: list[float], classes:
            ylim=(0, max([108.0, *(t + 8 for t in tops)])))  # headroom for the bar labels
     ax.grid(axis="y", alpha=0.3)
     # beside the axes: inside, it hid the bar labels and error bars that reach 100%
-    _head_tail_legend(ax, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+    _head_tail_legend(ax, loc="upper left", cut=cut, bbox_to_anchor=(1.01, 1),
+                      fontsize="small")
     return fit_layout(fig)
 
 

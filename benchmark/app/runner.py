@@ -28,7 +28,7 @@ from benchmark.data import Dataset
 from benchmark.errors import UserError
 from benchmark.recording import Recorder
 from benchmark.train import COLLAPSE_CHANCE_MULTIPLE
-from studies import TuneOptions, open_studies, tune_cell
+from studies import TuneOptions, help_tune, open_studies, tune_cell
 from studies.locks import Locks, cell_lock, locks_place, open_locks
 from tracking import results
 from tracking.store import Store, git_commit, tag_json
@@ -257,7 +257,8 @@ def _owner_run(store: Store, cell: Cell, invocation: Invocation, locks: Locks) -
 
 def _help(cell: Cell, data: Dataset, store: Store, locks: Locks, invocation: Invocation, say,
           device: torch.device, tuning: TuneOptions) -> Outcome:
-    """Run trials of a cell whose final fits another worker trains, nested under its run."""
+    """Run trials of a cell whose final fits another worker trains, nested under its run,
+    until every trial has started (the owner waits for the last ones)."""
     run_id = _owner_run(store, cell, invocation, locks) if cell.trials else None
     if not run_id:
         say("another worker has it")
@@ -265,7 +266,7 @@ def _help(cell: Cell, data: Dataset, store: Store, locks: Locks, invocation: Inv
     say("another worker has it; helping with its trials")
     start = time.perf_counter()
     run = store.run_log(run_id)
-    result = tune_cell(cell, cut(cell, data, 0), device, run, tuning,
-                       seed=cell.repetition_seed(0))
-    run.end_lost(result.dead_runs, LOST_TRIAL)
+    dead = help_tune(cell, cut(cell, data, 0), device, run, tuning,
+                     seed=cell.repetition_seed(0))
+    run.end_lost(dead, LOST_TRIAL)
     return Outcome(cell, "helped", seconds=time.perf_counter() - start)
