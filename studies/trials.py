@@ -19,8 +19,10 @@ APIs only.
   whose worker died between asking and marking: it is failed the same way.
 - The worker waits until the last trials of the study, run by others, have ended (one may
   die and need running again), so the best trial it reads is the study's final one. A
-  helper (`wait=False`: a worker that runs trials of a cell another worker owns) leaves once
-  every trial has started, for its next cell: the owner waits, and runs a dead one again.
+  helper (`wait=False`: a worker that runs trials of a cell another worker owns) leaves the
+  last trial to the owner and goes on to its next cell: the owner would otherwise sit idle
+  waiting for the helper's last trial (seen: 9 to 11 s a study), where now it trains it; it
+  also runs again a trial whose worker died.
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ def _gate(study: optuna.Study) -> str:
 
 class Workers:
     """The study's trials, run by this process's workers (threads: `jobs`) and any others on
-    the same storage, until the study holds `wanted` finished ones (`wait`; else until all of
-    them have started) or `deadline` passes."""
+    the same storage, until the study holds `wanted` finished ones (`wait`; else until one is
+    left that nobody has started, for the study's owner) or `deadline` passes."""
 
     def __init__(self, study: optuna.Study, locks: Locks, journal: bool, wanted: int,
                  deadline: float | None = None, progress: bool = False,
@@ -93,10 +95,10 @@ class Workers:
                 try:
                     self._fail_dead()
                     finished, running = self._counts()
-                    if finished >= self.wanted or (
-                            not self.wait and finished + running >= self.wanted):
+                    left = self.wanted - finished - running  # nobody has started them
+                    if finished >= self.wanted or (not self.wait and left <= 1):
                         return
-                    if finished + running < self.wanted:
+                    if left > 0:
                         self.study.optimize(_Marked(make(), gate, me), n_trials=1)
                         self._bar.update(1)
                         continue

@@ -174,9 +174,10 @@ def tune_cell(cell: Cell, data: Dataset, device: torch.device, run: Recorder,
 def help_tune(cell: Cell, data: Dataset, device: torch.device, run: Recorder,
               options: TuneOptions | None = None, *, seed: int | None = None) -> list[str]:
     """Run trials of a cell's study beside its owner (who calls `tune_cell`), as `tune_cell`
-    does, but leave as soon as every trial the study needs has started: the owner waits for
-    the last ones to end, and runs again any whose worker dies. Returns the MLflow runs of the
-    dead workers' trials found on the way."""
+    does, but leave the last one that nobody has started to the owner (it has to wait for the
+    study's end anyway: it trains instead of waiting) and go: the owner waits for the others'
+    trials to end, and runs again any whose worker dies. Returns the MLflow runs of the dead
+    workers' trials found on the way."""
     study, options, url = _study(cell, run, options)
     return _run_ids(_optimize(study, cell, data, device, run, options, seed, url, wait=False))
 

@@ -115,13 +115,13 @@ def test_a_live_workers_trial_is_waited_for_not_failed(tmp_path):
     assert [t.state for t in study.trials] == [TrialState.RUNNING]
 
 
-def test_a_helper_runs_the_trials_left_and_does_not_wait_for_a_live_workers_last_one(tmp_path):
+def test_a_helper_leaves_the_last_trial_to_the_owner_and_does_not_wait_for_its_trials(tmp_path):
     journal = str(tmp_path / "optuna.journal")
     study = _study_with_running_trial(journal, "owner:1:live")
     alive = open_locks(journal).hold("worker owner:1:live")  # the cell's owner, training
     try:
         # no deadline: a helper that waited for the owner's trial would wait until it ends
-        helper = Workers(study, open_locks(journal), True, 3, wait=False)
+        helper = Workers(study, open_locks(journal), True, 4, wait=False)
         dead = []
         thread = threading.Thread(target=lambda: dead.extend(helper.run(lambda: _objective)))
         thread.start()
@@ -130,6 +130,6 @@ def test_a_helper_runs_the_trials_left_and_does_not_wait_for_a_live_workers_last
         assert dead == []
     finally:
         alive.release()
-    # it ran the two trials that were left, then left the owner's running one to the owner
+    # of the three left it ran two, and left the last one and the running one to the owner
     assert [t.state for t in study.trials] == [TrialState.RUNNING, TrialState.COMPLETE,
                                                TrialState.COMPLETE]

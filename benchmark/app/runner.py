@@ -258,7 +258,7 @@ def _owner_run(store: Store, cell: Cell, invocation: Invocation, locks: Locks) -
 def _help(cell: Cell, data: Dataset, store: Store, locks: Locks, invocation: Invocation, say,
           device: torch.device, tuning: TuneOptions) -> Outcome:
     """Run trials of a cell whose final fits another worker trains, nested under its run,
-    until every trial has started (the owner waits for the last ones)."""
+    leaving the study's last trial to that owner (studies.help_tune)."""
     run_id = _owner_run(store, cell, invocation, locks) if cell.trials else None
     if not run_id:
         say("another worker has it")
