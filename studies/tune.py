@@ -205,9 +205,9 @@ def _run_ids(trials: list) -> list[str]:
 def _optimize(study: optuna.Study, cell: Cell, data: Dataset, device: torch.device,
               run: Recorder, options: TuneOptions, seed: int | None, url: str, *,
               wait: bool) -> list:
-    """Run trials until the study holds `cell.trials` finished ones (`wait`), or until all of
-    them have started, whichever worker runs them (studies/trials.py). Returns the dead
-    workers' trials found on the way."""
+    """Run trials until the study holds `cell.trials` finished ones (`wait`), or until only
+    one is left that nobody has started (a helper's), whichever worker runs them
+    (studies/trials.py). Returns the dead workers' trials found on the way."""
     seed = cell.repetition_seed(0) if seed is None else seed
     deadline = None if options.timeout is None else time.monotonic() + options.timeout
     workers = Workers(study, open_locks(url), is_journal(url), cell.trials, deadline,

@@ -288,3 +288,9 @@ def test_unknown_remedy_and_negative_sigma_are_refused():
     with pytest.raises(DataError, match="sigma must be >= 0"):
         make_remedy("flip+noise", labels(10), tail_classes=TAIL, sigma=-1.0)
     assert isinstance(make_remedy("none", labels(10)), NoAugment)
+
+
+def test_only_the_balanced_variant_says_it_cuts_no_class():
+    # the cell's per-class figure reads it: "tail class (not cut here)" on a balanced set
+    assert {name: VARIANTS.meta(name).get("cuts", True) for name in VARIANTS.names()} == {
+        "balanced": False, "long-tail": True, "exp": True}

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmark.data.variants import VARIANTS
 from benchmark.metrics import CellMetrics, class_metric_names
 from tracking import plots, plots_repetitions
 
@@ -66,7 +67,7 @@ def write_cell_summary(out_dir: Path, title: str, histories: list[list[dict[str,
     stds = values.std(ddof=1) if len(ok) > 1 else pd.Series(np.nan, index=names)
     fig = plots_repetitions.per_class_accuracy_errorbars(
         values.mean().tolist(), stds.tolist(), classes, tail, title, n=len(ok),
-        cut=ok["variant"].iloc[0] != "balanced")  # a balanced set names a tail, cuts none
+        cut=VARIANTS.meta(ok["variant"].iloc[0]).get("cuts", True))
     written.append(save(fig, "per_class_accuracy_mean"))
     confusion, n = pooled_json(ok, "confusion")
     if confusion is not None:

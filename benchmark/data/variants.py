@@ -43,7 +43,7 @@ def _check_ratio(name: str, ratio: float) -> None:
         raise DataError(f"{name} imbalance ratio must be >= 1 and finite, got {ratio}")
 
 
-@VARIANTS.register("balanced")
+@VARIANTS.register("balanced", cuts=False)  # names a tail (tail_classes), cuts no class
 def _balanced(labels: torch.Tensor, **_) -> torch.Tensor:
     """Every training image."""
     return torch.arange(len(labels))
