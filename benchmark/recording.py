@@ -37,8 +37,11 @@ class Recorder(Protocol):
         nobody keeps are not drawn (they are recording's cost, not the computation's)."""
         ...
 
-    def log_model(self, model: nn.Module, example: torch.Tensor,
-                  tags: dict[str, object]) -> None: ...
+    def log_model(self, model: nn.Module, example: torch.Tensor, tags: dict[str, object],
+                  metrics: dict[str, float]) -> None:
+        """The run's model (fed `example`), then `metrics` logged at step 0 of the run and
+        linked to the model: the numbers it is judged by."""
+        ...
 
     def flush(self) -> None:
         """Wait until what was logged so far is in the store (writes may be asynchronous);
@@ -83,8 +86,8 @@ class NullRunLog:
     def log_files(self, write: Callable[[Path], object], path: str | None = None) -> None:
         pass  # nothing kept, so nothing written
 
-    def log_model(self, model: nn.Module, example: torch.Tensor,
-                  tags: dict[str, object]) -> None:
+    def log_model(self, model: nn.Module, example: torch.Tensor, tags: dict[str, object],
+                  metrics: dict[str, float]) -> None:
         pass
 
     def flush(self) -> None:

@@ -84,6 +84,11 @@ def test_each_repetition_logs_a_model_linked_to_its_test_metrics(trained):
         assert str(model.status) .endswith("READY")
         linked = {m.key: m.value for m in model.metrics}
         assert linked["final_test_acc"] == rep.data.metrics["final_test_acc"]
+        # its test metrics, each once, at step 0; not the curves (epochs 1..N)
+        assert {"final_train_acc", "final_test_loss", "balanced_acc", "tail_acc", "ece"} \
+            <= set(linked) and "test_loss" not in linked
+        assert len(model.metrics) == len(linked) and {m.step for m in model.metrics} == {0}
+        assert all(rep.data.metrics[k] == v for k, v in linked.items())
         assert model.tags["cell_key"] == CELL.key
         info = mlflow.models.get_model_info(f"models:/{output.model_id}")
         assert info.signature.inputs.to_dict()[0]["tensor-spec"]["dtype"] == "uint8"

@@ -4,9 +4,10 @@ A repetition's model is `benchmark.train.RawImages` around the trained network: 
 uint8 images (N, 3, 32, 32), as CIFAR-10 stores them, and returns the 10 logits, so loading
 it needs no tailbench code. It is saved with `torch.export` (`serialization_format="pt2"`,
 no pickle: loading it runs no code from the file), with a signature and an input example of
-two test images, on the CPU in fp32, and linked to the repetition's test metrics (the
-metrics logged at step 0 before it). The cnn, the rnn and ResNet-50 all export (ResNet-32
-too: its torch.export matches it on two images; the suite logs the cnn).
+two test images, on the CPU in fp32, and linked to the repetition's test metrics (logged
+with the model's id after it: tracking.runs.RunLog.log_model). The cnn, the rnn and
+ResNet-50 all export (ResNet-32 too: its torch.export matches it on two images; the suite logs
+the cnn).
 """
 
 from __future__ import annotations

@@ -165,10 +165,21 @@ class RunLog:
             if any(Path(tmp).iterdir()):
                 self.log_artifacts(Path(tmp), path)
 
-    def log_model(self, model, example, tags: dict[str, object]) -> None:
-        """The run's logged model (tracking/models.py), linked to its step-0 metrics."""
-        self.flush()  # the model copies the run's params and links its metrics: they are in
-        log_model(self.client, self.run_id, model, example, tags)
+    def log_model(self, model, example, tags: dict[str, object],
+                  metrics: dict[str, float]) -> None:
+        """The run's logged model (tracking/models.py), then `metrics` logged at step 0 of
+        the run and linked to the model, in the run's next batch. The run's waiting metrics
+        go in that batch too, after the model: MLflow links to a model it logs every step-0
+        metric the run already holds, reading each metric's whole history to find them (29
+        reads for a repetition, a fifth of its model's logging); a metric that carries the
+        model's id is linked as it is written."""
+        with self._lock:
+            waiting, self._metrics = self._metrics, []
+        self.flush()  # its params are in the store: the logged model copies them
+        model_id = log_model(self.client, self.run_id, model, example, tags)
+        t = now_ms()
+        self._write(metrics=waiting + [Metric(k, float(v), t, 0, model_id=model_id)
+                                       for k, v in metrics.items()])
 
     def end(self, status: str) -> None:
         """Flush, then end the run with `status`. A run whose writes failed does not end

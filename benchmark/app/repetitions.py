@@ -149,13 +149,13 @@ def run_repetition(cell: Cell, candidates: list[Cell], data: Dataset, run: Recor
     m = cell_metrics(prep.test.y.cpu().numpy(), final["preds"].numpy(), classes, tail,
                      train_counts=prep.counts, confidence=final["confidence"].numpy())
     run.log_files(lambda folder: write_repetition_reports(folder, m, classes))
-    run.log_metrics({"final_train_acc": history[-1]["train_acc"] if history else 0.0,
-                     "final_test_acc": final["acc"], "final_test_loss": final["loss"],
-                     **m.scalars})
-    # the network as evaluated (uint8 images in), a logged model linked to the metrics above
+    # the network as evaluated (uint8 images in), a logged model, and its test metrics
     run.log_model(RawImages(model), prep.test.x[:2], {
         "cell_key": cell.key, "cell_name": cell.name, "repetition": repetition,
-        "dataset": data.source, "input": "uint8 images (N, 3, 32, 32), as stored"})
+        "dataset": data.source, "input": "uint8 images (N, 3, 32, 32), as stored"},
+        metrics={"final_train_acc": history[-1]["train_acc"] if history else 0.0,
+                 "final_test_acc": final["acc"], "final_test_loss": final["loss"],
+                 **m.scalars})
     # what the cell's pooled figures sum over its repetitions
     run.set_tags({"outcome": results.OK, "calibration": tag_json(m.calibration),
                   "confusion": tag_json(m.confusion.tolist())})
