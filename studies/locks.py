@@ -149,6 +149,12 @@ def cell_lock(key: str) -> str:
     return f"cell {key}"
 
 
+def repetition_lock(key: str, repetition: int) -> str:
+    """The name of the lock a worker holds while it trains one repetition of a cell: the
+    cell's owner, or a worker that has no cell of its own left (benchmark/app/runner.py)."""
+    return f"repetition {key} {repetition}"
+
+
 def worker_lock(worker: str) -> str:
     """The name of the lock a worker holds while it runs a study's trials."""
     return f"worker {worker}"

@@ -55,12 +55,13 @@ def test_locks_live_next_to_a_local_store_and_mysql_is_refused(tmp_path):
 
 
 def _objective(trial: optuna.Trial) -> float:
-    time.sleep(0.05)
+    time.sleep(0.1)
     return trial.suggest_float("x", 0, 1)
 
 
-def _work(journal: str, wanted: int) -> None:
+def _work(journal: str, wanted: int, start) -> None:
     study = optuna.load_study(study_name="s", storage=open_studies(journal))
+    start.wait()  # all at once: on a loaded machine a process can take seconds to start
     Workers(study, open_locks(journal), True, wanted).run(lambda: _objective, jobs=2)
 
 
@@ -68,7 +69,8 @@ def test_racing_workers_run_exactly_n_trials_of_a_journal_study(tmp_path):
     journal = str(tmp_path / "optuna.journal")
     optuna.create_study(study_name="s", storage=open_studies(journal))
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_work, args=(journal, 12)) for _ in range(3)]
+    start = ctx.Barrier(3)
+    procs = [ctx.Process(target=_work, args=(journal, 12, start)) for _ in range(3)]
     for p in procs:
         p.start()
     for p in procs:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.app import safety
-from studies.locks import cell_lock, locks_place, open_locks, worker_lock
+from studies.locks import cell_lock, locks_place, open_locks, repetition_lock, worker_lock
 from tracking.store import KIND, Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,10 +20,12 @@ HOLD = ("import sys, time\nfrom studies.locks import open_locks\nlocks = open_lo
 
 @pytest.fixture
 def holder(tmp_path):
-    """A live worker: another process holding the locks of cell 'live' and worker 'w-live'."""
+    """A live worker: another process holding the locks of cell 'live', of its repetition 0
+    and of worker 'w-live'."""
     journal = str(tmp_path / "optuna.journal")
     proc = subprocess.Popen([sys.executable, "-c", HOLD, journal, cell_lock("live"),
-                             worker_lock("w-live")], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+                             repetition_lock("live", 0), worker_lock("w-live")], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "held"
         yield journal
@@ -42,23 +44,26 @@ def test_runs_without_a_live_owner_are_ended_failed_and_live_ones_are_left(tmp_p
             KIND: kind, **extra, **tags}).info.run_id
 
     live = run("cell", cell_key="live", locks=place)
-    live_rep = run("repetition", live, cell_key="live")
+    live_rep = run("repetition", live, cell_key="live", repetition="0")
+    # a repetition of the live cell that nobody trains: its trainer died (a helper, say)
+    dead_rep_of_live_cell = run("repetition", live, cell_key="live", repetition="1")
     live_trial = run("trial", live, worker="w-live", locks=place)
     dead_trial_of_live_cell = run("trial", live, worker="w-dead", locks=place)
     dead = run("cell", cell_key="dead", locks=place)  # a cell this invocation does not run
-    dead_rep = run("repetition", dead, cell_key="dead")
+    dead_rep = run("repetition", dead, cell_key="dead", repetition="0")
     dead_trial = run("trial", dead, worker="w-gone", locks=place)
     elsewhere = run("cell", cell_key="other", locks="/another/optuna.journal")
     done = run("cell", cell_key="done", locks=place)
     store.client.set_terminated(done, "FINISHED")
 
-    assert safety.sweep_orphans(store, open_locks(holder), holder) == 4
+    assert safety.sweep_orphans(store, open_locks(holder), holder) == 5
     status = {r: store.client.get_run(r).info for r in
               (live, live_rep, live_trial, dead_trial_of_live_cell, dead, dead_rep, dead_trial,
-               elsewhere, done)}
+               elsewhere, done, dead_rep_of_live_cell)}
     assert [status[r].status for r in (live, live_rep, live_trial, elsewhere)] == ["RUNNING"] * 4
     assert status[done].status == "FINISHED"
     for r, why in ((dead, safety.LOST_WORKER), (dead_rep, safety.LOST_WORKER),
+                   (dead_rep_of_live_cell, safety.LOST_WORKER),
                    (dead_trial, safety.LOST_TRIAL), (dead_trial_of_live_cell, safety.LOST_TRIAL)):
         assert status[r].status == "FAILED" and status[r].end_time
         assert store.client.get_run(r).data.tags["error"] == why

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,10 @@ from mlflow.models import infer_signature
 from benchmark.errors import UserError
 
 FORMAT = "pt2"
+# one logged model at a time in a process: torch.export is not thread-safe (two threads
+# exporting at once break its tracer), and MLflow's fluent calls share the process's tracking
+# URI; workers are processes, but threads can share one
+_LOGGING = threading.Lock()
 URI_VARIABLE = "MLFLOW_TRACKING_URI"
 TORCH_REQUIREMENT = f"torch=={torch.__version__.split('+')[0]}"
 
@@ -56,7 +61,7 @@ def log_model(client: MlflowClient, run_id: str, model: torch.nn.Module, example
     x = example[:2].cpu()
     with torch.inference_mode():
         out = net(x)
-    with tracking_uri(client.tracking_uri), warnings.catch_warnings():
+    with _LOGGING, tracking_uri(client.tracking_uri), warnings.catch_warnings():
         # torch.export's packager, on weights that are on the CPU
         warnings.filterwarnings("ignore", "No complete tensor found in the group")
         # nn.RNN re-assigns its flat weight list when traced: harmless for an exported copy

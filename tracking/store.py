@@ -126,16 +126,21 @@ class Store:
         return RunLog(self.client, "", self.experiment_id).end_lost(run_ids, reason)
 
     @contextmanager
-    def cell_run(self, name: str, tags: dict[str, object], reopen: str | None = None
-                 ) -> Iterator[RunLog]:
+    def cell_run(self, name: str, tags: dict[str, object], reopen: str | None = None,
+                 forget: tuple[str, ...] = ()) -> Iterator[RunLog]:
         """A cell's top-level run: the run `reopen` (an earlier invocation's run of the same
-        cell, set RUNNING again to take more repetitions), or a new one. Ends FINISHED, or
-        FAILED / KILLED as `ended_run` says, unless the body ends it itself."""
+        cell, set RUNNING again to take more repetitions, its tags `forget` deleted before),
+        or a new one. Ends FINISHED, or FAILED / KILLED as `ended_run` says, unless the body
+        ends it itself."""
         tags = {k: str(v) for k, v in tags.items()}
         if reopen:
-            self.client.update_run(reopen, status="RUNNING")
             run_id = reopen
-            error = self.client.get_run(run_id).data.tags.get("error")
+            before = self.client.get_run(run_id).data.tags
+            for key in forget:
+                if key in before:
+                    self.client.delete_tag(run_id, key)
+            self.client.update_run(reopen, status="RUNNING")
+            error = before.get("error")
             if error:  # why it stopped last time; the run goes on, so it is no longer its error
                 tags["previous_error"] = error
                 self.client.delete_tag(run_id, "error")

@@ -7,12 +7,19 @@ validation split) and the tuned parameters then train each of its `seeds` repeti
 whole training set, each a nested run with its own seed. A re-run trains only the
 repetitions that have no outcome yet, in the same cell run, and the cell's statistics (mean,
 std, 95% CI over the repetitions that learned) are computed again from all of them.
+
+Workers share a grid through locks (studies/locks.py): the worker holding a cell's lock owns
+it (its run, its study's last trial, its statistics); the others help with its trials and go
+on to their next cell, and a worker with no cell left helps with the repetitions that other
+workers' cells still need, each trained under its own lock by whoever takes it first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
+import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,7 +36,7 @@ from benchmark.errors import UserError
 from benchmark.recording import Recorder
 from benchmark.train import COLLAPSE_CHANCE_MULTIPLE
 from studies import TuneOptions, help_tune, open_studies, tune_cell
-from studies.locks import Locks, cell_lock, locks_place, open_locks
+from studies.locks import Locks, cell_lock, is_free, locks_place, open_locks, repetition_lock
 from tracking import results
 from tracking.store import Store, git_commit, tag_json
 from tracking.study_plots import write_study_figures
@@ -74,13 +81,27 @@ def _record_cell(run: Recorder, cell: Cell, data: Dataset, device: torch.device,
                   "classes": tag_json(list(data.classes)), **tags})
 
 
+TUNED = "tuned"  # cell run tag: the tuned parameters that train its repetitions (JSON, best first)
+
+
+def candidates_of(cell: Cell, params: list[dict]) -> list[Cell]:
+    """The cell as each of `params` (the TUNED tag) tunes it, best first."""
+    return [dataclasses.replace(cell, **p) for p in params]
+
+
 def tune_candidates(cell: Cell, data: Dataset, run: Recorder, device: torch.device,
           tuning: TuneOptions | None) -> list[Cell]:
     """The cell with its searched fields tuned (lr, sigma) on repetition 0's validation
     split, and after it the cell as the runners-up tuned it, best first; just the cell when
-    it asks for no trials. The study's summary and figures go on the cell run."""
-    if not cell.trials:
-        return [cell]
+    it asks for no trials. The study's summary and figures go on the cell run, and the
+    parameters, as its TUNED tag (a worker that helps with the repetitions reads them)."""
+    params = _tuned(cell, data, run, device, tuning) if cell.trials else [{}]
+    run.set_tags({TUNED: tag_json(params)})
+    return candidates_of(cell, params)
+
+
+def _tuned(cell: Cell, data: Dataset, run: Recorder, device: torch.device,
+           tuning: TuneOptions | None) -> list[dict]:
     result = tune_cell(cell, cut(cell, data, 0), device, run, tuning,
                        seed=cell.repetition_seed(0))
     run.end_lost(result.dead_runs, LOST_TRIAL)
@@ -91,21 +112,74 @@ def tune_candidates(cell: Cell, data: Dataset, run: Recorder, device: torch.devi
     # a trial that did not learn on validation either is no runner-up: falling back to it
     # would trade a diverged fit for one near chance (seen: lr 0.01 scored chance in 6 epochs)
     floor = COLLAPSE_CHANCE_MULTIPLE / data.num_classes
-    return [dataclasses.replace(cell, **params) for params in result.ranked(floor)] or [cell]
+    return result.ranked(floor) or [{}]
+
+
+def train_repetition(cell: Cell, candidates: list[Cell], data: Dataset, run: Recorder, r: int,
+                     device: torch.device, progress: bool = False) -> bool:
+    """Repetition `r`, trained as a run nested under the cell's `run`; whether it learned."""
+    tags = {"cell_key": cell.key, "repetition": r, "rep_seed": cell.repetition_seed(r)}
+    with run.child(f"repetition {r}", "repetition", tags=tags) as rep:
+        return run_repetition(cell, candidates, data, rep, r, device, progress)
+
+
+@dataclass
+class Shared:
+    """A cell's repetitions shared with workers that have no cell of their own left: whoever
+    trains a repetition holds its lock (studies.locks.repetition_lock), and reads again,
+    holding it, that nobody has trained it since."""
+
+    store: Store
+    locks: Locks
+    cell: Cell
+    run_id: str  # the cell run
+
+    def lock(self, r: int) -> str:
+        return repetition_lock(self.cell.key, r)
+
+    def outcome(self, r: int) -> str | None:
+        """ok or did-not-learn when repetition r has one, else None."""
+        for run in self.store.children(self.run_id, "repetition"):
+            if run.data.tags.get("repetition") == str(r) and results.is_done(run):
+                return results.outcome_of(run)
+        return None
+
+    def end_lost(self, r: int) -> None:
+        """End FAILED what the dead worker that trained repetition r left RUNNING."""
+        self.store.end_lost([run.info.run_id for run in self.store.children(
+            self.run_id, "repetition") if run.data.tags.get("repetition") == str(r)],
+            LOST_WORKER)
 
 
 def run_cell(cell: Cell, data: Dataset, run: Recorder, device: torch.device,
              repetitions: list[int] | None = None, progress: bool = False,
-             tuning: TuneOptions | None = None, say=lambda *_: None) -> int:
+             tuning: TuneOptions | None = None, say=lambda *_: None,
+             shared: Shared | None = None) -> int:
     """Tune the cell once, then train `repetitions` (default: all of its seeds) as runs nested
-    under `run`; returns how many of them learned."""
+    under `run`; returns how many of them learned. `shared`: another worker may train some of
+    them meanwhile (each is trained under its lock); this one then waits for those, and
+    trains again any whose worker died."""
     candidates = tune_candidates(cell, data, run, device, tuning)
-    learned = 0
+    learned, theirs = 0, []
     for r in range(cell.seeds) if repetitions is None else repetitions:
-        say(f"repetition {r + 1} of {cell.seeds} ...")
-        tags = {"cell_key": cell.key, "repetition": r, "rep_seed": cell.repetition_seed(r)}
-        with run.child(f"repetition {r}", "repetition", tags=tags) as rep:
-            learned += run_repetition(cell, candidates, data, rep, r, device, progress)
+        held = shared.locks.try_hold(shared.lock(r)) if shared else None
+        if shared and held is None:
+            theirs.append(r)
+            continue
+        with held or contextlib.nullcontext():
+            if shared and shared.outcome(r):  # another worker trained it just now
+                continue
+            say(f"repetition {r + 1} of {cell.seeds} ...")
+            learned += train_repetition(cell, candidates, data, run, r, device, progress)
+    for r in theirs:
+        say(f"repetition {r + 1} of {cell.seeds}: another worker trains it, waiting")
+        with shared.locks.hold(shared.lock(r)):  # it ended it, or died
+            if (outcome := shared.outcome(r)) is not None:
+                learned += outcome == results.OK
+                continue
+            shared.end_lost(r)
+            say(f"repetition {r + 1} of {cell.seeds}: its worker died; training it here ...")
+            learned += train_repetition(cell, candidates, data, run, r, device, progress)
     return learned
 
 
@@ -147,6 +221,15 @@ def run_grid(entries: list[GridEntry], data: Dataset, store: Store, *, device: t
         outcomes.append(_run_entry(entry.cell, data, store, locks, invocation, say,
                                    device=device, progress=progress, tuning=tuning,
                                    tags=invocation.tags(i, entry.reference)))
+    # no cell of its own left: the repetitions that the other workers' cells still need
+    for i, (entry, outcome) in enumerate(zip(entries, outcomes, strict=True), 1):
+        if outcome.status in ("helped", "elsewhere"):
+            trained = _help_repetitions(entry.cell, data, store, locks, invocation,
+                                        console.cell(i, len(entries), entry.cell.name),
+                                        device=device, progress=progress)
+            if trained:
+                outcomes[i - 1] = dataclasses.replace(outcome, status="helped",
+                                                      trained=outcome.trained + trained)
     return outcomes
 
 
@@ -188,11 +271,11 @@ def _run_entry(cell: Cell, data: Dataset, store: Store, locks: Locks, invocation
     if held is None:  # another live worker trains this cell's final fits
         return _help(cell, data, store, locks, invocation, say, device, tuning)
     with held:  # released when this worker ends, or dies: the OS or the database sees to it
-        return _own(cell, data, store, invocation, say, device=device, progress=progress,
-                    tuning=tuning, tags=tags)
+        return _own(cell, data, store, locks, invocation, say, device=device,
+                    progress=progress, tuning=tuning, tags=tags)
 
 
-def _own(cell: Cell, data: Dataset, store: Store, invocation: Invocation, say, *,
+def _own(cell: Cell, data: Dataset, store: Store, locks: Locks, invocation: Invocation, say, *,
          device: torch.device, progress: bool, tuning: TuneOptions, tags: dict) -> Outcome:
     """Train the cell's missing repetitions, holding its lock."""
     cell_run, missing = _missing(store, cell, invocation)  # its owner may have died after it
@@ -206,15 +289,20 @@ def _own(cell: Cell, data: Dataset, store: Store, invocation: Invocation, say, *
         + f", repetitions {_ranges(missing)} of {cell.seeds}")
     start = time.perf_counter()
     reopen = cell_run.info.run_id if cell_run else None
-    if reopen:  # nobody else holds the lock: what is RUNNING there, a dead worker left
-        store.end_lost([reopen, *(r.info.run_id for r in store.children(reopen, "repetition"))],
-                       LOST_WORKER)
+    if reopen:  # nobody else holds the cell's lock: its run's RUNNING, a dead worker left,
+        store.end_lost([reopen], LOST_WORKER)
+        for r in missing:  # and so its repetitions' where nobody holds theirs (a helper may)
+            if held := locks.try_hold(repetition_lock(cell.key, r)):
+                with held:
+                    Shared(store, locks, cell, reopen).end_lost(r)
     try:
+        # the old parameters go before the run is RUNNING again: a helper waits for new ones
         with store.cell_run(cell.name, {"cell_key": cell.key, "invocation": invocation.id,
                                         "locks": locks_place(tuning.storage)},
-                            reopen=reopen) as run:
+                            reopen=reopen, forget=(TUNED,)) as run:
             _record_cell(run, cell, data, device, tags)
-            run_cell(cell, data, run, device, missing, progress, tuning, say)
+            run_cell(cell, data, run, device, missing, progress, tuning, say,
+                     shared=Shared(store, locks, cell, run.run_id))
             learned, line = summarize_cell(store, run, cell)
             say(f"finished in {time.perf_counter() - start:.0f} s: {line}" if learned
                 else f"failed: {line}")
@@ -270,3 +358,36 @@ def _help(cell: Cell, data: Dataset, store: Store, locks: Locks, invocation: Inv
                      seed=cell.repetition_seed(0))
     run.end_lost(dead, LOST_TRIAL)
     return Outcome(cell, "helped", seconds=time.perf_counter() - start)
+
+
+def _help_repetitions(cell: Cell, data: Dataset, store: Store, locks: Locks,
+                      invocation: Invocation, say, *, device: torch.device,
+                      progress: bool) -> int:
+    """Train, under the run of a cell that another live worker owns, repetitions that nobody
+    trains yet, last first (its owner goes from the first), once its tuning is done: what a
+    worker does when it has no cell of its own left, instead of idling while the owner trains
+    them one after another. Returns how many it trained."""
+    trained = 0
+    while True:
+        run = _cell_run(store, cell, invocation)
+        if run is None or run.info.status != "RUNNING" or is_free(locks, cell_lock(cell.key)):
+            return trained  # its owner is done, or died (the next run trains what is missing)
+        if TUNED not in run.data.tags:  # its owner is still tuning it
+            time.sleep(1)
+            continue
+        shared = Shared(store, locks, cell, run.info.run_id)
+        for r in reversed(_missing(store, cell, invocation)[1]):
+            held = locks.try_hold(shared.lock(r))
+            if held is None:  # its owner, or another helper, trains it
+                continue
+            with held:
+                if shared.outcome(r):
+                    continue
+                say(f"repetition {r + 1} of {cell.seeds} (helping its owner) ...")
+                candidates = candidates_of(cell, json.loads(run.data.tags[TUNED]))
+                train_repetition(cell, candidates, data, store.run_log(run.info.run_id), r,
+                                 device, progress)
+                trained += 1
+            break  # and look again: the owner may have finished meanwhile
+        else:
+            return trained  # every repetition it still needs is being trained

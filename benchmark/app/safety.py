@@ -5,11 +5,12 @@ it writes to have room for it.
 **Orphans.** A run stays RUNNING when its process dies (kill -9, a lost machine) or fails
 where it can no longer write (a full disk). Whether such a run still has a live owner is told
 by the locks its owners hold (studies/locks.py), which the OS or PostgreSQL lets go of when
-their holder dies: a cell run and its repetitions by the cell's lock, a trial run by its
-worker's lock. Each lock is taken before its runs are opened and given back after they end,
-so a RUNNING run whose lock this process can take now has no live owner; it is ended while
-the lock is held, after its status is read again. A run whose `locks` tag names other locks
-(another study storage) is left to the workers that use those.
+their holder dies: a cell run by the cell's lock, a repetition run by its repetition's lock
+(whichever worker trains it), a trial run by its worker's lock. Each lock is taken before its
+runs are opened and given back after they end, so a RUNNING run whose lock this process can
+take now has no live owner; it is ended while the lock is held, after its status is read
+again. A run whose `locks` tag names other locks (another study storage) is left to the
+workers that use those.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from benchmark.cells import Cell
 from benchmark.localfs import MB, mount_of, space_problem
 from benchmark.models import weight_bytes
-from studies.locks import Locks, cell_lock, locks_place, worker_lock
+from studies.locks import Locks, cell_lock, locks_place, repetition_lock, worker_lock
 from studies.storage import local_path, storage_url
 from tracking.store import KIND, Store
 
@@ -54,6 +55,8 @@ def _owner_lock(store: Store, run, tags: dict) -> str | None:
         if kind == "repetition" and "locks" not in tags:  # its cell run says where
             parent = store.client.get_run(tags["mlflow.parentRunId"]).data.tags
             tags.setdefault("locks", parent.get("locks", ""))
+        if kind == "repetition" and tags.get("repetition", "").isdigit():
+            return repetition_lock(tags["cell_key"], int(tags["repetition"]))
         return cell_lock(tags["cell_key"])
     return None
 
