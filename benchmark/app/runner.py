@@ -203,8 +203,9 @@ def run_grid(entries: list[GridEntry], data: Dataset, store: Store, *, device: t
     have an outcome are skipped (unless `force`, which starts a new cell run once per
     invocation); a failing cell is recorded FAILED and the next one runs; Ctrl-C ends the
     current runs KILLED and stops. Several workers (processes, machines) can run the same
-    grid at once on shared stores: the final fits of a cell are trained by the worker that
-    holds the cell's lock, the others help with its Optuna trials and move on."""
+    grid at once on shared stores: a cell is owned by the worker that holds its lock, the
+    others help with its Optuna trials and move on; once a worker has no cell of its own
+    left, it helps with the repetitions of the cells others still own."""
     tuning = tuning or TuneOptions()
     open_studies(tuning.storage)  # created before any worker asks for a study in it
     locks = open_locks(tuning.storage)

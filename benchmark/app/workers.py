@@ -1,8 +1,8 @@
 """Workers: the processes that run a grid's cells. One worker runs in the command's own
 process; several are started with multiprocessing (a forkserver) and handed their options as data,
 a WorkerPlan, never as a command line to parse again. They share the stores: the worker
-holding a cell's lock trains its final fits, the others help with its trials
-(benchmark/app/runner.py, studies/locks.py)."""
+holding a cell's lock owns it, the others help with its trials and, once they have no cell
+left, with its repetitions (benchmark/app/runner.py, studies/locks.py)."""
 
 from __future__ import annotations
 
