@@ -3,6 +3,7 @@ the repetitions that a live owner's cell still needs, under the owner's run, las
 owner waits for the ones it took, and trains again one whose worker died. A real SQLite store,
 real file locks held by real processes, and a real kill -9."""
 
+import dataclasses
 import subprocess
 import sys
 import threading
@@ -56,13 +57,17 @@ def test_a_worker_with_no_cell_left_trains_a_live_owners_missing_repetitions(
     owner = hold(journal, cell_lock(CELL.key))  # the owner lives, and is still tuning
     try:
         cell_run = store.client.create_run(store.experiment_id, tags={
-            KIND: "cell", "cell_key": CELL.key, "locks": locks_place(journal)}).info.run_id
+            KIND: "cell", "cell_key": CELL.key, "seeds": "2",
+            "locks": locks_place(journal)}).info.run_id
         # its tuning ends a second later: the helper waits for the parameters it publishes
         tuned = threading.Timer(1.0, store.client.set_tag,
                                 (cell_run, runner.TUNED, tag_json([{"lr": 0.05}])))
         tuned.start()
         said = []
-        trained = runner._help_repetitions(CELL, data, store, open_locks(journal),
+        # its own invocation asks for 3 (seeds is no part of the key): it trains the owner's 2
+        more = dataclasses.replace(CELL, seeds=3)
+        assert more.key == CELL.key
+        trained = runner._help_repetitions(more, data, store, open_locks(journal),
                                            runner.Invocation(), said.append,
                                            device=torch.device("cpu"), progress=False)
         tuned.join()

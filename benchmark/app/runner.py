@@ -377,14 +377,15 @@ def _help_repetitions(cell: Cell, data: Dataset, store: Store, locks: Locks,
             time.sleep(1)
             continue
         shared = Shared(store, locks, cell, run.info.run_id)
-        for r in reversed(_missing(store, cell, invocation)[1]):
+        wanted = int(run.data.tags.get("seeds", cell.seeds))  # the owner's (not in the key)
+        for r in reversed([r for r in _missing(store, cell, invocation)[1] if r < wanted]):
             held = locks.try_hold(shared.lock(r))
             if held is None:  # its owner, or another helper, trains it
                 continue
             with held:
                 if shared.outcome(r):
                     continue
-                say(f"repetition {r + 1} of {cell.seeds} (helping its owner) ...")
+                say(f"repetition {r + 1} of {wanted} (helping its owner) ...")
                 candidates = candidates_of(cell, json.loads(run.data.tags[TUNED]))
                 train_repetition(cell, candidates, data, store.run_log(run.info.run_id), r,
                                  device, progress)
