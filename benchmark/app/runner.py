@@ -137,18 +137,19 @@ class Shared:
     def lock(self, r: int) -> str:
         return repetition_lock(self.cell.key, r)
 
+    def runs(self, r: int) -> list:
+        """The cell run's runs of repetition r (a failed or killed one among them too)."""
+        return [run for run in self.store.children(self.run_id, "repetition")
+                if run.data.tags.get("repetition") == str(r)]
+
     def outcome(self, r: int) -> str | None:
         """ok or did-not-learn when repetition r has one, else None."""
-        for run in self.store.children(self.run_id, "repetition"):
-            if run.data.tags.get("repetition") == str(r) and results.is_done(run):
-                return results.outcome_of(run)
-        return None
+        done = [results.outcome_of(run) for run in self.runs(r) if results.is_done(run)]
+        return done[0] if done else None
 
     def end_lost(self, r: int) -> None:
         """End FAILED what the dead worker that trained repetition r left RUNNING."""
-        self.store.end_lost([run.info.run_id for run in self.store.children(
-            self.run_id, "repetition") if run.data.tags.get("repetition") == str(r)],
-            LOST_WORKER)
+        self.store.end_lost([run.info.run_id for run in self.runs(r)], LOST_WORKER)
 
 
 def run_cell(cell: Cell, data: Dataset, run: Recorder, device: torch.device,
@@ -292,10 +293,11 @@ def _own(cell: Cell, data: Dataset, store: Store, locks: Locks, invocation: Invo
     reopen = cell_run.info.run_id if cell_run else None
     if reopen:  # nobody else holds the cell's lock: its run's RUNNING, a dead worker left,
         store.end_lost([reopen], LOST_WORKER)
+        lost = Shared(store, locks, cell, reopen)
         for r in missing:  # and so its repetitions' where nobody holds theirs (a helper may)
-            if held := locks.try_hold(repetition_lock(cell.key, r)):
+            if held := locks.try_hold(lost.lock(r)):
                 with held:
-                    Shared(store, locks, cell, reopen).end_lost(r)
+                    lost.end_lost(r)
     try:
         # the old parameters go before the run is RUNNING again: a helper waits for new ones
         with store.cell_run(cell.name, {"cell_key": cell.key, "invocation": invocation.id,
