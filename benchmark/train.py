@@ -112,6 +112,19 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+# torch's CPU capability on an x86 CPU without AVX512: no bf16 instructions, so bf16 autocast
+# runs emulated. `tailbench perf --only perf_precision.speed` on a Zen 1 AMD EPYC (AVX2): bf16
+# trained the cnn at 0.11x fp32 and the rnn at 0.065x; CPUs with AVX512-BF16 ran 0.9 to 3.4x.
+NO_BF16_CAPABILITIES = ("NO AVX", "AVX2")
+
+
+def bf16_emulated(device: torch.device) -> str:
+    """torch's name for this machine's CPU capability ("AVX2") when bf16 autocast on `device`
+    has no bf16 instructions to run on, else ""."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return capability if device.type == "cpu" and capability in NO_BF16_CAPABILITIES else ""
+
+
 def _autocast(device: torch.device, precision: str = "auto"):
     """The context training and evaluation compute in: bf16 autocast, or plain fp32."""
     if resolve_precision(precision, device) == "bf16":

@@ -3,6 +3,7 @@ official-format CIFAR-10 folder and real SQLite/journal stores."""
 
 import pandas as pd
 import pytest
+import torch
 
 from benchmark.app.cli import main
 
@@ -85,3 +86,22 @@ def test_filters_that_leave_no_cell_say_which_value_and_what_the_grid_has(
                  f"sqlite:///{store}/mlflow.db", "--storage", str(store / "j")]) == 2
     assert capsys.readouterr().err.strip() == f"tailbench run: error: {says}"
     assert not store.exists()  # before any store is opened
+
+
+@pytest.mark.filterwarnings("ignore:.*differ from the official")
+def test_bf16_on_a_cpu_without_bf16_instructions_says_so_before_training(args, capsys,
+                                                                        monkeypatch):
+    store, run, uri = args
+    note = "bf16 on this CPU (AVX2: no bf16 instructions) is emulated, about 10x slower"
+    cpus = {"AVX2": True, "AVX512": False}  # torch's capability: is bf16 emulated there?
+    for capability, emulated in cpus.items():
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert main(["run", *run, "--seeds", "1", "--no-report", "--precision", "bf16"]) == 0
+        err = capsys.readouterr().err
+        assert (note in err) == emulated, err
+        if emulated:  # said before the first cell starts, once
+            assert err.count(note) == 1 and err.index(note) < err.index("started")
+    # fp32, the default on a CPU, says nothing of bf16
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert main(["run", *run, "--seeds", "1", "--no-report"]) == 0
+    assert "is emulated" not in capsys.readouterr().err

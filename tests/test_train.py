@@ -123,6 +123,14 @@ def test_bf16_autocast_trains_in_bf16_and_auto_means_fp32_on_a_cpu(learnable_spl
         assert b(test.x[:2].float() / 255).dtype == torch.bfloat16
 
 
+def test_bf16_is_emulated_only_on_a_cpu_without_avx512(monkeypatch):
+    for capability, emulated in {"AVX2": "AVX2", "NO AVX": "NO AVX", "AVX512": "",
+                                 "SVE256": "", "DEFAULT": ""}.items():
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert train_mod.bf16_emulated(CPU) == emulated
+        assert train_mod.bf16_emulated(torch.device("cuda")) == ""  # a GPU's own bf16
+
+
 def test_a_huge_learning_rate_raises_diverged(learnable_split):
     train = _subset(learnable_split[0], 64)
     calls = []

@@ -16,7 +16,13 @@ from benchmark.app.console import Console, one_line_warnings, quiet_libraries
 from benchmark.data import SOURCES, default_data_dir, resolve_name
 from benchmark.errors import UserError
 from benchmark.models import MODELS
-from benchmark.train import DEVICES, PRECISIONS, Diverged, resolve_precision
+from benchmark.train import (
+    DEVICES,
+    PRECISIONS,
+    Diverged,
+    bf16_emulated,
+    resolve_precision,
+)
 
 
 def _number(kind: type, low: float = 0, low_ok: bool = True):
@@ -191,6 +197,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = Console()
     if args.dataset == "auto":
         console.note(f"dataset auto -> {source} ({why})")
+    emulated = bf16_emulated(compute) if device == compute else ""  # not SLURM's nodes
+    if emulated and any(e.cell.precision == "bf16" for e in entries):
+        console.note(f"bf16 on this CPU ({emulated}: no bf16 instructions) is emulated, "
+                     "about 10x slower than fp32 "
+                     "(`tailbench perf --only perf_precision.speed` measures it); "
+                     "--precision fp32 trains at full speed")
     n = len(entries)
     console.note(f"{n} cell{'s' * (n != 1)} of grid {args.grid!r} ({args.profile}) on {source}, "
                  f"{device}; MLflow {store.uri}, experiment {store.experiment_name}, "
