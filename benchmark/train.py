@@ -114,7 +114,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 # torch's CPU capability on an x86 CPU without AVX512: no bf16 instructions, so bf16 autocast
 # runs emulated. `tailbench perf --only perf_precision.speed` on a Zen 1 AMD EPYC (AVX2): bf16
-# trained the cnn at 0.11x fp32 and the rnn at 0.065x; CPUs with AVX512-BF16 ran 0.9 to 3.4x.
+# trained the cnn at 0.11x fp32 and the rnn at 0.065x; CPUs with AVX512-BF16 ran 0.6 to 3.4x.
 NO_BF16_CAPABILITIES = ("NO AVX", "AVX2")
 
 
