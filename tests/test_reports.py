@@ -428,6 +428,28 @@ def test_findings_contradicted_and_overlapping():
     assert verdicts["rnn: flip+noise raises tail accuracy"][0] == "inconclusive"
 
 
+def test_a_gap_turned_around_narrows_only_when_it_ends_smaller():
+    from tracking.findings import expected_cells, findings_table
+
+    cells = [spec(m, "long-tail", r) for m in ("cnn", "rnn") for r in ("none", "flip+noise")]
+    # cnn: head 45 points above tail, then tail 16 above head (smaller: narrowed);
+    # rnn: head 10 above tail, then tail 30 above head (a signed test calls both "narrower")
+    gaps = {cells[0]["key"]: 0.45, cells[1]["key"]: -0.16,
+            cells[2]["key"]: 0.10, cells[3]["key"]: -0.30}
+    rows = pd.DataFrame([rep(c, r, head=0.5 + gaps[c["key"]] / 2 + 0.01 * r,
+                             tail=0.5 - gaps[c["key"]] / 2 + 0.01 * r * r)
+                         for c in cells for r in range(3)])
+    table = findings_table(expected_cells(rows, cells))
+    verdicts = {r[0]: (r[1][0], r[2]) for r in table.rows}
+    verdict, numbers = verdicts["cnn: flip+noise narrows the long-tail gap"]
+    assert verdict == "holds", numbers
+    # |gap| per repetition: 45, 45, 43 against 16, 16, 18 points
+    assert numbers.startswith("long-tail · none |gap| 44.3 ± 1.2 (n=3) vs long-tail · "
+                              "flip+noise |gap| 16.7 ± 1.2 (n=3); Δ −27.7 pts"), numbers
+    assert verdicts["rnn: flip+noise narrows the long-tail gap"][0] == "contradicted"
+    assert verdicts["rnn: flip+noise raises tail accuracy"][0] == "holds"
+
+
 def test_heatmap_and_bars_use_the_repetitions_that_learned(monkeypatch):
     from tracking import report as report_module
     from tracking.findings import expected_cells

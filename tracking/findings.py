@@ -17,6 +17,9 @@ from tracking.render import Table
 
 OK = "ok"  # the outcome of a repetition that counts
 REQUIRED = ("cell_key", "outcome")  # columns without which no cell can be told apart
+# the size of the long-tail gap, |head - tail|: a remedy that turns a +45-point gap into a
+# -16-point one narrows it, one that turns +10 into -30 widens it (signed, both "narrow")
+GAP_SIZE = "tail_gap_size"
 
 HOW_JUDGED = (
     "How verdicts are decided: each finding is a t-test over the repetitions that learned "
@@ -24,7 +27,9 @@ HOW_JUDGED = (
     "t-test between two cells, a paired t-test of tail minus head within one cell. A finding "
     "holds when the 95% confidence interval of the difference lies wholly on the claimed "
     "side of 0, is contradicted when it lies wholly on the other side, and is inconclusive "
-    "otherwise. With one repetition per cell there is no spread to test against, so every "
+    "otherwise. The long-tail gap is head minus tail accuracy; whether a remedy narrows it "
+    "compares its size |head − tail|, so a remedy that turns the gap around by more than it "
+    "was widens it. With one repetition per cell there is no spread to test against, so every "
     "finding is inconclusive: run with --seeds 3 or more.")
 
 
@@ -81,7 +86,10 @@ class CellResult:
         return self.spec["model"], self.spec["variant"], self.spec["remedy"]
 
     def values(self, metric: str) -> np.ndarray:
-        """The metric of every repetition that counts (NaN where it was not logged)."""
+        """The metric of every repetition that counts (NaN where it was not logged);
+        GAP_SIZE is |tail_gap|."""
+        if metric == GAP_SIZE:
+            return np.abs(self.values("tail_gap"))
         if metric not in self.ok.columns:
             return np.full(self.n, np.nan)
         return pd.to_numeric(self.ok[metric], errors="coerce").to_numpy(dtype=float)
@@ -173,15 +181,17 @@ def _row(claim: str, verdict: Verdict | None, numbers: str, why: str = "") -> li
     return [claim, (name, name), numbers, why]
 
 
-def _between(claim: str, slots: dict, a: tuple, b: tuple, metric: str, expect: str) -> list:
-    """A Welch comparison of `metric` between cell a and cell b (the claim is about b − a)."""
+def _between(claim: str, slots: dict, a: tuple, b: tuple, metric: str, expect: str,
+             label: str = "") -> list:
+    """A Welch comparison of `metric` between cell a and cell b (the claim is about b − a);
+    `label` names the metric in the numbers."""
     absent = _absent(slots, a, b)
     if absent:
         return _row(claim, None, "—", absent)
     ca, cb = slots[a], slots[b]
     v = welch(ca.values(metric), cb.values(metric), expect)
-    numbers = (f"{' · '.join(a[1:])} {ca.summary(metric).text()} vs "
-               f"{' · '.join(b[1:])} {cb.summary(metric).text()}; {v.text()}")
+    numbers = (f"{' · '.join(a[1:])} {label}{ca.summary(metric).text()} vs "
+               f"{' · '.join(b[1:])} {label}{cb.summary(metric).text()}; {v.text()}")
     return _row(claim, v, numbers)
 
 
@@ -213,7 +223,7 @@ def findings_table(cells: list[CellResult]) -> Table:
         lt, fn = (m, "long-tail", "none"), (m, "long-tail", "flip+noise")
         if {lt, fn} & set(slots):
             out.append(_between(f"{m}: flip+noise narrows the long-tail gap", slots,
-                                lt, fn, "tail_gap", "less"))
+                                lt, fn, GAP_SIZE, "less", "|gap| "))
             out.append(_between(f"{m}: flip+noise raises tail accuracy", slots,
                                 lt, fn, "tail_acc", "greater"))
     return Table(["finding", "verdict", "numbers", "why inconclusive"], out)
