@@ -67,7 +67,8 @@ results: install
 
 ui: install
 	@mkdir -p $(STORE)
-	@echo "MLflow UI on http://127.0.0.1:$(PORT) (store $(MLFLOW_URI)); Ctrl-C stops it"
+	@# MLflow 3.17's UI opens on its GenAI pages; this link switches it to its runs (remembered)
+	@echo "MLflow UI on http://127.0.0.1:$(PORT)/#/?workflowType=machine_learning (store $(MLFLOW_URI)); Ctrl-C stops it"
 	.venv/bin/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port $(PORT)
 
 dashboard: install
