@@ -42,7 +42,9 @@ $(VENV): pyproject.toml
 
 # two pytest-xdist workers (this machine's 2 cores; much of the suite waits on processes and
 # daemons), a test module on one worker (loadfile: test_scale's PostgreSQL, test_slurm's
-# cluster and the modules' fixtures are made once). TEST_WORKERS=0: in this one process.
+# cluster and the modules' fixtures are made once), each on its share of the cores (tests/conftest.py:
+# two workers of torch's default two threads each slowed the suite by 1.7x). TEST_WORKERS=0: in
+# this one process.
 TEST_WORKERS ?= 2
 test: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import socket
 import struct
@@ -138,6 +139,22 @@ def write_fashion(root: Path, n_train: int = 400, n_test: int = 100, gz: bool = 
             else:
                 (folder / name).write_bytes(raw)
     return folder
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each worker's torch on its share of the cores (as `make benchmark`'s
+    workers train): torch's default, every core in every worker, oversubscribes the CPU, and
+    OpenMP threads waiting on each other then slow a network's many small ops many times
+    over (the packed rnn's 16 steps: 2.7 s alone, 45 s beside another worker). The processes
+    a test starts get the same count (OMP_NUM_THREADS), so a run in a subprocess computes as
+    one in the test's process (tests/test_resume.py compares them digit for digit)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

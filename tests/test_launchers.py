@@ -182,8 +182,10 @@ def test_a_job_signalled_mid_grid_is_checkpointed_requeued_and_finishes_it(
     the repetitions that have no outcome: one FINISHED run per repetition, none twice."""
     uri = f"sqlite:///{tmp_path}/runs/mlflow.db"
     codes: list[int] = []
+    # 8 epochs: a repetition (about 3 s, one torch thread) outlasts the half-second look for
+    # the first one, so the signal finds the second still to finish
     command = threading.Thread(target=lambda: codes.append(main(run_args(
-        tmp_path, cifar_dir, epochs=3, seeds=3))))
+        tmp_path, cifar_dir, epochs=8, seeds=3))))
     command.start()
     deadline = time.monotonic() + 300
     while not finished(uri) and time.monotonic() < deadline:

@@ -117,7 +117,10 @@ def test_an_array_of_worker_jobs_not_waited_for_then_results(cluster, tmp_path, 
 
 def test_a_job_requeued_twice_mid_grid_still_finishes_it_once(cluster, tmp_path, cifar_dir,
                                                               capsys):
-    args = run_args(tmp_path, cifar_dir, epochs=3, seeds=6)
+    # a repetition must outlast the seconds between the requeue and its SIGKILL (about 5 s
+    # here: squeue's polls, SLURM's KillWait), else the killed run trains most of the grid
+    # first: at 3 epochs (1.2 s a repetition, one torch thread) it trained 5 of the 6
+    args = run_args(tmp_path, cifar_dir, epochs=10, seeds=6)
     uri = args[args.index("--tracking-uri") + 1]
     codes: list[int] = []
     command = threading.Thread(target=lambda: codes.append(main([*args, "--slurm-time", "10"])))
