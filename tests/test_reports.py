@@ -460,7 +460,7 @@ def test_heatmap_and_bars_use_the_repetitions_that_learned(monkeypatch):
                             labels=labels, values=values, tail=tail) or plots.Figure())
     monkeypatch.setattr(plots, "cell_accuracy_bars",
                         lambda cells, measured, reference, title, notes, errors: seen.update(
-                            measured=measured, errors=errors) or plots.Figure())
+                            measured=measured, errors=errors, title=title) or plots.Figure())
     cells = expected_cells(results(), EXPECTED)
     report_module.heatmap_image(cells)
     report_module.bars_image(cells)
@@ -472,6 +472,12 @@ def test_heatmap_and_bars_use_the_repetitions_that_learned(monkeypatch):
     assert seen["measured"][:3] == pytest.approx([70.0, None, 50.0])
     assert seen["errors"][2] == pytest.approx(1.0) and seen["errors"][4] is None
     assert seen["tail"] == TAIL  # the cells' tail_classes column, shared by all of them
+    # the reference's bars are CIFAR-10 at its epochs; cells trained otherwise are not like it
+    assert seen["title"].splitlines()[1] == ("cifar10 · quick: not comparable to the "
+                                             "reference in absolute terms")
+    as_reference = results().assign(profile="paper")
+    report_module.bars_image(expected_cells(as_reference, EXPECTED))
+    assert seen["title"] == "Test accuracy per cell: mean ± std vs reference"
     other = results()
     other.loc[other["cell_key"] == CNN_FN["key"], "tail_classes"] = json.dumps([7, 9])
     report_module.heatmap_image(expected_cells(other, EXPECTED))

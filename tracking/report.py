@@ -80,12 +80,22 @@ def n_of(cell: CellResult) -> str:
     return f"{cell.n} of {cell.asked}"
 
 
-def produced_by(cell: CellResult) -> str:
+def _source(cell: CellResult) -> str:
+    """"dataset · profile" of what the cell trained on, "" when its rows do not say."""
     ds, prof = cell.first("dataset"), cell.first("profile")
-    if not ds and not prof:
+    return f"{ds or '?'} · {prof or '?'}" if ds or prof else ""
+
+
+def _like_reference(cell: CellResult) -> bool:
+    """Whether the cell trained as the reference did: CIFAR-10 at the paper profile."""
+    return (cell.first("dataset"), cell.first("profile")) == ("cifar10", "paper")
+
+
+def produced_by(cell: CellResult) -> str:
+    text = _source(cell)
+    if not text:
         return NA
-    text = f"{ds or '?'} · {prof or '?'}"
-    if ds != "cifar10" or prof != "paper":
+    if not _like_reference(cell):
         text += " — not comparable in absolute terms"
     return text
 
@@ -150,10 +160,14 @@ def heatmap_image(cells: list[CellResult]) -> Image | None:
 
 
 def bars_image(cells: list[CellResult]) -> Image:
+    title = "Test accuracy per cell: mean ± std vs reference"
+    unlike = sorted({_source(c) for c in cells if c.measured and not _like_reference(c)})
+    if unlike:  # the reference's bars are CIFAR-10 at its epochs: say so where it matters
+        title += (f"\n{', '.join(unlike)}: not comparable to the reference "
+                  "in absolute terms")
     fig = plots.cell_accuracy_bars([c.spec["name"] for c in cells],
                                    [pct_mean(c, "final_test_acc") for c in cells],
-                                   [ref(c, "test_acc") for c in cells],
-                                   "Test accuracy per cell: mean ± std vs reference",
+                                   [ref(c, "test_acc") for c in cells], title,
                                    notes=[c.status for c in cells],
                                    errors=[pct_std(c, "final_test_acc") for c in cells])
     return Image("test_accuracy.png", "test accuracy per cell", plots.png_bytes(fig))
