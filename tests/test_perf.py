@@ -128,7 +128,9 @@ def test_perf_command_writes_the_json(tmp_path, monkeypatch, capsys, ctx):
     assert perf.run(args) == 0
     result = json.loads(out.read_text())
     assert set(result) == {"machine", "rows", "seconds"}
-    assert {"torch", "device", "threads", "matmul_gflops", "load_before"} <= set(result["machine"])
+    assert {"torch", "device", "threads", "matmul_gflops", "load_before", "cpu"} <= \
+        set(result["machine"])
+    assert result["machine"]["cpu"] == perf.cpu_info()  # this machine's, as read below
     assert result["machine"]["device"] == "cpu"
     assert [r["measure"] for r in result["rows"]] == [
         "cnn training epoch", "flip+noise data pipeline", "flip+noise: added rows only",
@@ -208,3 +210,15 @@ def test_the_grid_time_shares_come_from_the_latest_runs_records(tmp_path):
     parts = sum(r.tailbench for m, r in rows.items() if m not in (
         "grid: wall time", "grid:   of which test evaluation"))
     assert parts <= rows["grid: wall time"].tailbench + 1  # one worker: parts within the wall
+
+
+def test_cpu_info_reads_the_first_cpus_family_model_and_bf16_flags(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\ncpu family\t: 23\nmodel\t\t: 1\n"
+                       "model name\t: AMD EPYC\ncpu MHz\t\t: 1996.249\n"
+                       "flags\t\t: fpu sse2 avx avx2 fma\n\n"
+                       "processor\t: 1\ncpu family\t: 6\nmodel\t\t: 167\n"
+                       "flags\t\t: avx2 avx512f avx512_bf16 amx_bf16\n")
+    assert perf.cpu_info(cpuinfo) == {"family": "23", "model": "1", "mhz": "1996.249",
+                                      "flags": ["avx2"]}  # no avx512 on the first: Zen 1
+    assert perf.cpu_info(tmp_path / "none") == {}

@@ -236,12 +236,30 @@ def _cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
+# the vector instructions bf16's speed on a CPU turns on (README: bf16 against fp32 per machine)
+CPU_FLAGS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
+
+
+def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
+    """Family, model, MHz and which of CPU_FLAGS the first CPU has, as Linux's cpuinfo says
+    ({} where there is none): two CPUs of one model name can differ in all of them."""
+    try:
+        first = cpuinfo.read_text().split("\n\n", 1)[0]
+    except OSError:
+        return {}
+    fields = {k.strip(): v.strip() for k, _, v in
+              (ln.partition(":") for ln in first.splitlines()) if _}
+    flags = set(fields.get("flags", "").split())
+    return {"family": fields.get("cpu family"), "model": fields.get("model"),
+            "mhz": fields.get("cpu MHz"), "flags": [f for f in CPU_FLAGS if f in flags]}
+
+
 def machine(ctx: Context) -> dict:
     dev = ctx.device
     mm = [r / 1e9 for k, v in ctx.cache.items() if k.startswith("matmul/") for r in v]
     return {"torch": torch.__version__, "device": str(dev),
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu_info(),
             "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "python": platform.python_version(), "dtype": str(compute_dtype(dev)),
             "matmul_gflops": {"best": max(mm), "median": statistics.median(mm)} if mm else None,
@@ -314,7 +332,11 @@ def run(args: argparse.Namespace) -> int:
     if (load := os.getloadavg()[0]) > 0.5 * (os.cpu_count() or 1):
         print(f"tailbench perf: warning: load average {load:.1f} on {os.cpu_count()} CPUs; "
               "other work will slow and scatter these timings", file=sys.stderr)
-    print(f"tailbench perf on {ctx.device} ({torch.get_num_threads()} threads), "
+    cpu = cpu_info()
+    about = (f"{_cpu_name()}, family {cpu['family']} model {cpu['model']}, "
+             f"{' '.join(cpu['flags']) or 'no avx2'}; " if cpu and ctx.device.type == "cpu"
+             else "")
+    print(f"tailbench perf on {ctx.device} ({about}{torch.get_num_threads()} threads), "
           f"{reps} reps each, median kept", flush=True)
     only = getattr(args, "only", None)
     chosen = [c for c in COMPARISONS if only is None or only in comparison_name(c)]
