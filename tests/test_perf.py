@@ -219,6 +219,6 @@ def test_cpu_info_reads_the_first_cpus_family_model_and_bf16_flags(tmp_path):
                        "flags\t\t: fpu sse2 avx avx2 fma\n\n"
                        "processor\t: 1\ncpu family\t: 6\nmodel\t\t: 167\n"
                        "flags\t\t: avx2 avx512f avx512_bf16 amx_bf16\n")
-    assert perf.cpu_info(cpuinfo) == {"family": "23", "model": "1", "mhz": "1996.249",
-                                      "flags": ["avx2"]}  # no avx512 on the first: Zen 1
+    assert perf.cpu_info(cpuinfo) == {"name": "AMD EPYC", "family": "23", "model": "1",
+                                      "mhz": "1996.249", "flags": ["avx2"]}  # Zen 1: no avx512
     assert perf.cpu_info(tmp_path / "none") == {}

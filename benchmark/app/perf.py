@@ -229,11 +229,7 @@ def table(rows: list[Row]) -> str:
 
 
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+    return cpu_info().get("name") or platform.processor() or platform.machine()
 
 
 # the vector instructions bf16's speed on a CPU turns on (README: bf16 against fp32 per machine)
@@ -241,8 +237,8 @@ CPU_FLAGS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
 
 
 def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
-    """Family, model, MHz and which of CPU_FLAGS the first CPU has, as Linux's cpuinfo says
-    ({} where there is none): two CPUs of one model name can differ in all of them."""
+    """Model name, family, model, MHz and which of CPU_FLAGS the first CPU has, as Linux's
+    cpuinfo says ({} where there is none): two CPUs of one model name can differ in the rest."""
     try:
         first = cpuinfo.read_text().split("\n\n", 1)[0]
     except OSError:
@@ -250,7 +246,8 @@ def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
     fields = {k.strip(): v.strip() for k, _, v in
               (ln.partition(":") for ln in first.splitlines()) if _}
     flags = set(fields.get("flags", "").split())
-    return {"family": fields.get("cpu family"), "model": fields.get("model"),
+    return {"name": fields.get("model name"), "family": fields.get("cpu family"),
+            "model": fields.get("model"),
             "mhz": fields.get("cpu MHz"), "flags": [f for f in CPU_FLAGS if f in flags]}
 
 
@@ -333,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"tailbench perf: warning: load average {load:.1f} on {os.cpu_count()} CPUs; "
               "other work will slow and scatter these timings", file=sys.stderr)
     cpu = cpu_info()
-    about = (f"{_cpu_name()}, family {cpu['family']} model {cpu['model']}, "
+    about = (f"{cpu['name']}, family {cpu['family']} model {cpu['model']}, "
              f"{' '.join(cpu['flags']) or 'no avx2'}; " if cpu and ctx.device.type == "cpu"
              else "")
     print(f"tailbench perf on {ctx.device} ({about}{torch.get_num_threads()} threads), "
